@@ -1,0 +1,1 @@
+//! HAProxy runtime API client (admin socket).

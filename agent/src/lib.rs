@@ -1,0 +1,4 @@
+//! vesemir agent library.
+pub mod haproxy;
+pub mod journal;
+pub mod runner;

@@ -1,0 +1,1 @@
+//! Inventory: where an application's VMs are found (Chef server search or a static file).

@@ -1,0 +1,2 @@
+//! vesemir controller library.
+pub mod inventory;

@@ -1,0 +1,1 @@
+//! Start a real goiardi (Chef server) with authentication on.

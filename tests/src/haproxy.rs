@@ -1,0 +1,1 @@
+//! Start a real HAProxy with an admin socket.
