@@ -1,0 +1,289 @@
+//! Jobs: each runs on its own bidirectional stream opened by the controller.
+//! The controller writes one [`JobRequest`] and finishes its send side; the
+//! agent answers with a stream of [`JobEvent`]s ending with
+//! [`JobEvent::Finished`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Unique id; the agent's journal never runs the same id twice.
+    pub job_id: String,
+    /// The deployment this job belongs to, if any (for logs).
+    pub deployment_id: Option<String>,
+    /// The work itself.
+    pub kind: JobKind,
+}
+
+/// The changeset a playbook installs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changeset {
+    /// Version label, e.g. `2.4.1`.
+    pub version: String,
+    /// Where to download the artifact.
+    pub url: String,
+    /// Expected SHA-256 of the artifact, hex.
+    pub sha256: String,
+}
+
+/// A playbook run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaybookJob {
+    /// Name of a playbook shipped with the agent (`deploy.yml`, …).
+    pub playbook: String,
+    /// Extra variables.
+    pub vars: BTreeMap<String, String>,
+    /// The changeset, for playbooks that install one.
+    pub changeset: Option<Changeset>,
+}
+
+/// Administrative state of an HAProxy server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerAdminState {
+    /// In rotation.
+    Ready,
+    /// No new connections; running ones finish.
+    Drain,
+    /// Out of rotation.
+    Maint,
+}
+
+/// One action on the HAProxy runtime API of the agent's VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HaproxyAction {
+    /// `set server B/S state …`.
+    SetState {
+        /// Backend.
+        backend: String,
+        /// Server.
+        server: String,
+        /// New state.
+        state: ServerAdminState,
+    },
+    /// `set weight B/S N%`.
+    SetWeight {
+        /// Backend.
+        backend: String,
+        /// Server.
+        server: String,
+        /// Percent of the initial weight.
+        percent: u8,
+    },
+    /// Poll `scur` until 0 or the degradation time passes.
+    WaitDrained {
+        /// Backend.
+        backend: String,
+        /// Server.
+        server: String,
+        /// Upper bound on the wait, ms.
+        degradation_ms: u64,
+    },
+    /// `show servers state B`: list the backend's servers.
+    ServersState {
+        /// Backend.
+        backend: String,
+    },
+}
+
+/// The kinds of job an agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Run a playbook.
+    Playbook(PlaybookJob),
+    /// Run HAProxy runtime API actions in order, stopping at the first failure.
+    Haproxy(Vec<HaproxyAction>),
+    /// Report the journal's record of an earlier job (by `job_id` of the
+    /// request) without running anything.
+    Outcome,
+    /// Cancel the running job with this request's `job_id`.
+    Cancel,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A message of the runner itself.
+    Runner,
+}
+
+/// Outcome of one task, like Ansible's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Ran, changed nothing.
+    Ok,
+    /// Ran and changed something.
+    Changed,
+    /// Failed.
+    Failed,
+    /// Skipped by `when`.
+    Skipped,
+}
+
+/// Result of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Position in the playbook.
+    pub index: u32,
+    /// Task name.
+    pub name: String,
+    /// Module used.
+    pub module: String,
+    /// Outcome.
+    pub status: TaskStatus,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+    /// Exit code, for process modules.
+    pub rc: Option<i32>,
+    /// One-line summary or error.
+    pub msg: String,
+    /// Last lines of stdout.
+    pub stdout_tail: String,
+    /// Last lines of stderr.
+    pub stderr_tail: String,
+}
+
+/// Per-run counters, like Ansible's recap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Tasks ok.
+    pub ok: u32,
+    /// Tasks changed.
+    pub changed: u32,
+    /// Tasks failed.
+    pub failed: u32,
+    /// Tasks skipped.
+    pub skipped: u32,
+}
+
+/// Final state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Everything passed.
+    Succeeded,
+    /// A task failed (or the job could not start).
+    Failed,
+    /// Cancelled on request.
+    Cancelled,
+    /// The agent stopped while the job ran; it is never retried by itself.
+    Interrupted,
+    /// Still running (answer to an outcome query).
+    Running,
+    /// The journal has no such job.
+    Unknown,
+}
+
+impl JobStatus {
+    /// Lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
+            JobStatus::Running => "running",
+            JobStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// Final record of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The job.
+    pub job_id: String,
+    /// How it ended.
+    pub status: JobStatus,
+    /// Task counters.
+    pub stats: Stats,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Structured result as JSON text (HAProxy replies, …).
+    pub output: Option<String>,
+}
+
+/// Agent → controller on a job stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobEvent {
+    /// The job was accepted; `replay` is true when the journal answered with
+    /// an earlier run's record instead of running it again.
+    Started {
+        /// The job.
+        job_id: String,
+        /// Answered from the journal.
+        replay: bool,
+    },
+    /// A task began.
+    TaskStarted {
+        /// Position.
+        index: u32,
+        /// Name.
+        name: String,
+    },
+    /// One line of output, as it happens.
+    Log {
+        /// Task position.
+        index: u32,
+        /// Which stream.
+        stream: LogStream,
+        /// The line, without its newline (long lines are cut).
+        line: String,
+    },
+    /// A task ended.
+    TaskResult(TaskResult),
+    /// The job ended; last event on the stream.
+    Finished(JobOutcome),
+}
+
+/// Longest log line carried in one event; longer lines are cut with a marker.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode, encode};
+
+    #[test]
+    fn job_messages_round_trip() {
+        let req = JobRequest {
+            job_id: "j-1".into(),
+            deployment_id: Some("d-1".into()),
+            kind: JobKind::Playbook(PlaybookJob {
+                playbook: "deploy.yml".into(),
+                vars: [("k".to_string(), "v".to_string())].into(),
+                changeset: Some(Changeset {
+                    version: "2".into(),
+                    url: "http://x/a.tgz".into(),
+                    sha256: "00".into(),
+                }),
+            }),
+        };
+        assert_eq!(decode::<JobRequest>(&encode(&req).unwrap()).unwrap(), req);
+        let events = vec![
+            JobEvent::Started {
+                job_id: "j".into(),
+                replay: false,
+            },
+            JobEvent::Log {
+                index: 0,
+                stream: LogStream::Stderr,
+                line: "boom".into(),
+            },
+            JobEvent::Finished(JobOutcome {
+                job_id: "j".into(),
+                status: JobStatus::Interrupted,
+                stats: Stats::default(),
+                error: None,
+                output: Some("{}".into()),
+            }),
+        ];
+        for e in events {
+            assert_eq!(decode::<JobEvent>(&encode(&e).unwrap()).unwrap(), e);
+        }
+    }
+}
