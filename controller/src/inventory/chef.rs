@@ -339,7 +339,9 @@ impl ChefClient {
     /// `path_and_query` relative to the base URL, e.g. `/search/node?q=x`.
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.base.clone();
-        let full = format!("{}/{}", self.base.path(), path.trim_start_matches('/'));
+        // An empty path reads back as "/", so trim again.
+        let prefix = self.base.path().trim_end_matches('/');
+        let full = format!("{prefix}/{}", path.trim_start_matches('/'));
         url.set_path(&full);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -490,7 +492,10 @@ impl ChefClient {
                         client,
                         server_message,
                     }
-                } else if lower.contains("verify") || lower.contains("signature") {
+                } else if ["verif", "signature", "crypto/rsa", "decrypt"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
                     ChefError::BadSignature {
                         url: url_s,
                         client,
