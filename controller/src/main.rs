@@ -1,1 +1,140 @@
-fn main() {}
+//! `vesemir-controller`: parse arguments, load and validate config before
+//! binding anything, serve until SIGTERM/SIGINT, drain, exit 0.
+//! Exit codes: 0 ok, 1 runtime failure, 64 bad usage or configuration.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vesemir_controller::config::ControllerConfig;
+use vesemir_controller::logging::{self, LogFormat};
+use vesemir_controller::server::{self, InitOptions};
+
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "vesemir-controller", version, about = "vesemir controller")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data dir: CA, server certificate, controller.toml, database, admin token, cli.toml.
+    Init {
+        /// Directory to create (must not exist or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Extra DNS name or IP for the server certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// HTTP API listen address.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        api_listen: SocketAddr,
+        /// QUIC (UDP) listen address for agents; enrollment uses TCP on the same address.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        quic_listen: SocketAddr,
+        /// Agent heartbeat interval in seconds.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_secs: u32,
+        /// Agent certificate lifetime (e.g. 7d, 12h).
+        #[arg(long, default_value = "7d")]
+        agent_cert_ttl: humantime::Duration,
+    },
+    /// Run the controller.
+    Serve {
+        /// Path to controller.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Init {
+            data_dir,
+            sans,
+            api_listen,
+            quic_listen,
+            heartbeat_secs,
+            agent_cert_ttl,
+        } => {
+            if heartbeat_secs == 0 {
+                eprintln!("error: --heartbeat-secs must be at least 1");
+                return ExitCode::from(EX_USAGE);
+            }
+            let opts = InitOptions {
+                data_dir,
+                sans,
+                api_listen,
+                quic_listen,
+                heartbeat_secs,
+                agent_cert_ttl: agent_cert_ttl.into(),
+                chef: None,
+                inventory: None,
+            };
+            match rt.block_on(server::init(opts)) {
+                Ok(out) => {
+                    let dd = &out.data_dir;
+                    println!("initialised {}", dd.root.display());
+                    println!("  config:      {}", dd.config().display());
+                    println!("  CA:          {}", dd.ca_cert().display());
+                    println!("  admin token: {} (0600)", dd.admin_token().display());
+                    println!("  CLI config:  {}", dd.cli_config().display());
+                    println!();
+                    println!("admin token (shown once): {}", out.admin_token);
+                    println!();
+                    println!("next:");
+                    println!("  vesemir-controller serve --config {}", dd.config().display());
+                    println!("  export VESEMIR_CONFIG={}", dd.cli_config().display());
+                    println!("  vesemir tokens create --ttl 1h --uses 3");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let cfg = match ControllerConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match rt.block_on(server::serve(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "controller failed");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
