@@ -1,0 +1,258 @@
+//! `controller.toml`: loaded and validated before anything binds.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The controller's configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Directory holding the CA, keys, database and tokens. Relative paths
+    /// below are resolved against it.
+    pub data_dir: PathBuf,
+    /// HTTP API listen address.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+    /// QUIC (UDP) listen address for agents; enrollment listens on TCP at the same address.
+    #[serde(default = "default_quic_listen")]
+    pub quic_listen: SocketAddr,
+    /// Database URL; default `sqlite://DATA_DIR/vesemir.db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Agent heartbeat interval, seconds.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u32,
+    /// Lifetime of agent certificates (humantime, e.g. "7d").
+    #[serde(default = "default_cert_ttl", with = "humantime_serde_compat")]
+    pub agent_cert_ttl: Duration,
+    /// How often buffered last-seen updates are written to the store.
+    #[serde(default = "default_flush", with = "humantime_serde_compat")]
+    pub last_seen_flush: Duration,
+    /// QUIC idle timeout: a silent agent is dropped after this.
+    #[serde(default = "default_idle", with = "humantime_serde_compat")]
+    pub quic_idle_timeout: Duration,
+    /// Largest HTTP request body accepted, bytes.
+    #[serde(default = "default_body_limit")]
+    pub api_body_limit: usize,
+    /// Per-request timeout of the HTTP API (streams excluded).
+    #[serde(default = "default_api_timeout", with = "humantime_serde_compat")]
+    pub api_timeout: Duration,
+    /// Chef server, when the inventory comes from Chef.
+    #[serde(default)]
+    pub chef: Option<toml::Value>,
+    /// Static inventory file, when the inventory comes from a file.
+    #[serde(default)]
+    pub inventory: Option<PathBuf>,
+}
+
+fn default_api_listen() -> SocketAddr {
+    "127.0.0.1:7080".parse().expect("valid")
+}
+fn default_quic_listen() -> SocketAddr {
+    "0.0.0.0:7443".parse().expect("valid")
+}
+fn default_heartbeat_secs() -> u32 {
+    10
+}
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Durations in config files are humantime strings ("30s", "7d").
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serializes as a humantime string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Parses a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{e}: expected a duration like \"30s\" or \"7d\""))
+        })
+    }
+}
+
+/// A configuration that can't be used. The process exits 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file can't be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is broken or has an unknown/mistyped key.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// A key has a value we can't use.
+    #[error("invalid config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+impl ControllerConfig {
+    /// A config with defaults for a data dir.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ControllerConfig {
+            data_dir,
+            api_listen: default_api_listen(),
+            quic_listen: default_quic_listen(),
+            database_url: None,
+            heartbeat_secs: default_heartbeat_secs(),
+            agent_cert_ttl: default_cert_ttl(),
+            last_seen_flush: default_flush(),
+            quic_idle_timeout: default_idle(),
+            api_body_limit: default_body_limit(),
+            api_timeout: default_api_timeout(),
+            chef: None,
+            inventory: None,
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: ControllerConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_string(),
+        };
+        if cfg.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if !cfg.data_dir.is_dir() {
+            return Err(invalid(
+                "data_dir",
+                &format!(
+                    "{} is not a directory; run `vesemir-controller init --data-dir DIR` first",
+                    cfg.data_dir.display()
+                ),
+            ));
+        }
+        if cfg.heartbeat_secs == 0 || cfg.heartbeat_secs > 3600 {
+            return Err(invalid("heartbeat_secs", "must be between 1 and 3600"));
+        }
+        if cfg.agent_cert_ttl < Duration::from_secs(10) {
+            return Err(invalid("agent_cert_ttl", "must be at least 10s"));
+        }
+        if cfg.quic_idle_timeout < Duration::from_secs(2)
+            || cfg.quic_idle_timeout.as_secs() <= u64::from(cfg.heartbeat_secs)
+        {
+            return Err(invalid(
+                "quic_idle_timeout",
+                "must be at least 2s and longer than heartbeat_secs",
+            ));
+        }
+        if cfg.api_body_limit < 1024 {
+            return Err(invalid("api_body_limit", "must be at least 1024 bytes"));
+        }
+        if let Some(url) = &cfg.database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres")) {
+                return Err(invalid(
+                    "database_url",
+                    "must start with sqlite: or postgres://",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Writes the config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("vesemir.db").display()
+            )
+        })
+    }
+}
+
+/// Paths of the files `init` writes into the data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// CA certificate (public).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    /// CA key (secret, 0600).
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca-key.pem")
+    }
+    /// Server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    /// Server key (0600).
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server-key.pem")
+    }
+    /// Key for QUIC stateless resets, kept across restarts so agents of a
+    /// killed controller learn at once that their connection is gone.
+    pub fn reset_key(&self) -> PathBuf {
+        self.root.join("quic-reset.key")
+    }
+    /// The admin API token (0600).
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
+    /// The CLI config.
+    pub fn cli_config(&self) -> PathBuf {
+        self.root.join("cli.toml")
+    }
+    /// The controller config.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("controller.toml")
+    }
+}

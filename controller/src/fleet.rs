@@ -1,0 +1,447 @@
+//! Fleet registry: the live agent sessions, revocation, batched last-seen
+//! writes, and opening job streams to agents.
+//!
+//! Architecture invariant: one task per connection (no thread per agent, no
+//! polling of agents); heartbeats only touch memory, and a single flusher
+//! task writes last-seen to the store every `last_seen_flush`.
+
+use crate::store::{now_ms, AgentRecord, LastSeen, Store, StoreError};
+use crate::wire::{read_frame, write_frame, WireError};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use vesemir_protocol::control::{CloseReason, Facts};
+use vesemir_protocol::job::{JobEvent, JobRequest};
+
+/// One connected agent.
+pub struct Session {
+    /// Node name, from the certificate.
+    pub name: String,
+    /// Distinguishes this connection from a later one of the same agent.
+    pub id: u64,
+    /// The QUIC connection; job streams are opened on it.
+    pub conn: quinn::Connection,
+    /// Where the agent connects from.
+    pub remote: SocketAddr,
+    /// Certificate serial in use on this connection.
+    pub serial: String,
+    /// When the connection was accepted, Unix ms.
+    pub connected_at: i64,
+    /// Heartbeat state, updated on every heartbeat.
+    pub live: Mutex<Live>,
+}
+
+/// The part of a session that changes with heartbeats.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Last facts.
+    pub facts: Option<Facts>,
+    /// Agent version from the hello.
+    pub version: String,
+    /// Monotonic time of the last heartbeat (or of the hello).
+    pub last_heartbeat: Instant,
+    /// Wall time of the same, Unix ms.
+    pub last_heartbeat_ms: i64,
+}
+
+/// Agent state as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// A live connection with recent heartbeats.
+    Connected,
+    /// No live connection.
+    Disconnected,
+    /// Connected, but no heartbeat for three intervals.
+    Stale,
+    /// Revoked: refused at the handshake.
+    Revoked,
+}
+
+/// An agent as the API shows it: the stored record merged with the live session.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// Node name.
+    pub name: String,
+    /// State.
+    pub state: AgentState,
+    /// Agent version.
+    pub version: String,
+    /// Last heartbeat, RFC 3339.
+    pub last_seen: Option<String>,
+    /// Seconds since the last heartbeat.
+    pub last_seen_secs_ago: Option<i64>,
+    /// Enrollment time, RFC 3339.
+    pub first_seen: String,
+    /// Remote address of the live or last connection.
+    pub remote_addr: Option<String>,
+    /// Facts from the last heartbeat.
+    pub facts: Option<serde_json::Value>,
+    /// Current certificate serial.
+    pub cert_serial: String,
+    /// Current certificate fingerprint (SHA-256).
+    pub cert_fingerprint: String,
+    /// Current certificate expiry, RFC 3339.
+    pub cert_not_after: String,
+    /// Revocation time, RFC 3339.
+    pub revoked_at: Option<String>,
+}
+
+/// Formats Unix ms as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Errors when sending work to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No live connection.
+    #[error("agent {0} is not connected; check `vesemir agents show {0}`")]
+    NotConnected(String),
+    /// The connection failed while opening or using the stream.
+    #[error("connection to agent {name} failed: {reason}")]
+    Connection {
+        /// Agent.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent sent something invalid.
+    #[error("agent {name} sent an invalid job stream: {source}")]
+    Wire {
+        /// Agent.
+        name: String,
+        /// Why.
+        source: WireError,
+    },
+}
+
+/// The registry.
+pub struct Fleet {
+    store: Store,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    revoked: Arc<RwLock<HashSet<String>>>,
+    pending_seen: Mutex<HashMap<String, LastSeen>>,
+    next_id: AtomicU64,
+    /// Heartbeat interval agents are told to use.
+    pub heartbeat: Duration,
+}
+
+impl Fleet {
+    /// Builds the registry and loads the revoked serials.
+    pub async fn new(store: Store, heartbeat: Duration) -> Result<Arc<Fleet>, StoreError> {
+        let revoked: HashSet<String> = store.revoked_serials().await?.into_iter().collect();
+        Ok(Arc::new(Fleet {
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            revoked: Arc::new(RwLock::new(revoked)),
+            pending_seen: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            heartbeat,
+        }))
+    }
+
+    /// The revoked-serial set shared with the TLS client verifier.
+    pub fn revoked_set(&self) -> Arc<RwLock<HashSet<String>>> {
+        self.revoked.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers a new live session, closing an older one of the same agent.
+    pub fn register(
+        &self,
+        name: &str,
+        conn: quinn::Connection,
+        serial: &str,
+        version: &str,
+    ) -> Arc<Session> {
+        let session = Arc::new(Session {
+            name: name.to_string(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            remote: conn.remote_address(),
+            conn,
+            serial: serial.to_string(),
+            connected_at: now_ms(),
+            live: Mutex::new(Live {
+                facts: None,
+                version: version.to_string(),
+                last_heartbeat: Instant::now(),
+                last_heartbeat_ms: now_ms(),
+            }),
+        });
+        let old = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(name.to_string(), session.clone());
+        if let Some(old) = old {
+            close(&old.conn, CloseReason::Superseded);
+        }
+        self.note_seen(&session);
+        session
+    }
+
+    /// Removes a session if it is still the current one for its agent.
+    pub fn unregister(&self, session: &Session) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.get(&session.name).map(|s| s.id) == Some(session.id) {
+            sessions.remove(&session.name);
+        }
+    }
+
+    /// Records a heartbeat (memory only; the flusher writes it later).
+    pub fn heartbeat(&self, session: &Session, facts: Facts) {
+        {
+            let mut live = session.live.lock().expect("live lock");
+            live.version = facts.agent_version.clone();
+            live.facts = Some(facts);
+            live.last_heartbeat = Instant::now();
+            live.last_heartbeat_ms = now_ms();
+        }
+        self.note_seen(session);
+    }
+
+    fn note_seen(&self, session: &Session) {
+        let live = session.live.lock().expect("live lock").clone();
+        let update = LastSeen {
+            name: session.name.clone(),
+            at: live.last_heartbeat_ms,
+            version: live.version,
+            remote_addr: session.remote.to_string(),
+            facts: live
+                .facts
+                .as_ref()
+                .map(|f| facts_json(f).to_string())
+                .unwrap_or_else(|| "null".into()),
+        };
+        self.pending_seen
+            .lock()
+            .expect("pending lock")
+            .insert(session.name.clone(), update);
+    }
+
+    /// Writes buffered last-seen updates in one transaction.
+    pub async fn flush_last_seen(&self) -> Result<usize, StoreError> {
+        let batch: Vec<LastSeen> = {
+            let mut pending = self.pending_seen.lock().expect("pending lock");
+            pending.drain().map(|(_, v)| v).collect()
+        };
+        let n = batch.len();
+        if let Err(e) = self.store.flush_last_seen(&batch).await {
+            // Put them back unless newer ones arrived meanwhile.
+            let mut pending = self.pending_seen.lock().expect("pending lock");
+            for u in batch {
+                pending.entry(u.name.clone()).or_insert(u);
+            }
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Runs the last-seen flusher until `shutdown` resolves, then flushes once more.
+    pub async fn run_flusher(self: Arc<Self>, every: Duration, shutdown: impl std::future::Future) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush_last_seen().await {
+                        tracing::warn!(error = %e, "writing last-seen failed; will retry");
+                    }
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        if let Err(e) = self.flush_last_seen().await {
+            tracing::warn!(error = %e, "final last-seen write failed");
+        }
+    }
+
+    /// The live session of an agent.
+    pub fn session(&self, name: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().expect("sessions lock").get(name).cloned()
+    }
+
+    /// Names of agents with a live session.
+    pub fn connected_names(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live sessions.
+    pub fn connected_count(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
+    }
+
+    /// Revokes an agent: store first, then the handshake set, then the live
+    /// connection. Returns false if there is no such agent.
+    pub async fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+        let Some(serials) = self.store.revoke_agent(name).await? else {
+            return Ok(false);
+        };
+        self.revoked
+            .write()
+            .expect("revoked lock")
+            .extend(serials);
+        let session = self.sessions.lock().expect("sessions lock").remove(name);
+        if let Some(s) = session {
+            close(&s.conn, CloseReason::Revoked);
+            tracing::info!(agent = name, "revoked; live connection closed");
+        }
+        Ok(true)
+    }
+
+    /// Whether a serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.read().expect("revoked lock").contains(serial)
+    }
+
+    /// The user-facing view of a stored agent.
+    pub fn view(&self, rec: AgentRecord) -> AgentView {
+        let session = self.session(&rec.name);
+        let now = now_ms();
+        let (state, version, last_seen, remote, facts) = match (&rec.revoked_at, session) {
+            (Some(_), _) => (
+                AgentState::Revoked,
+                rec.version.clone(),
+                rec.last_seen,
+                rec.remote_addr.clone(),
+                rec.facts.as_deref().and_then(|f| serde_json::from_str(f).ok()),
+            ),
+            (None, Some(s)) => {
+                let live = s.live.lock().expect("live lock").clone();
+                let stale = live.last_heartbeat.elapsed() > self.heartbeat * 3;
+                (
+                    if stale {
+                        AgentState::Stale
+                    } else {
+                        AgentState::Connected
+                    },
+                    live.version,
+                    Some(live.last_heartbeat_ms),
+                    Some(s.remote.to_string()),
+                    live.facts.as_ref().map(facts_json),
+                )
+            }
+            (None, None) => (
+                AgentState::Disconnected,
+                rec.version.clone(),
+                rec.last_seen,
+                rec.remote_addr.clone(),
+                rec.facts.as_deref().and_then(|f| serde_json::from_str(f).ok()),
+            ),
+        };
+        AgentView {
+            name: rec.name,
+            state,
+            version,
+            last_seen: last_seen.map(rfc3339),
+            last_seen_secs_ago: last_seen.map(|t| ((now - t).max(0)) / 1000),
+            first_seen: rfc3339(rec.first_seen),
+            remote_addr: remote,
+            facts: facts.filter(|f: &serde_json::Value| !f.is_null()),
+            cert_serial: rec.cert_serial,
+            cert_fingerprint: rec.cert_fingerprint,
+            cert_not_after: rfc3339(rec.cert_not_after),
+            revoked_at: rec.revoked_at.map(rfc3339),
+        }
+    }
+
+    /// Closes every live connection (controller shutdown).
+    pub fn close_all(&self) {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in sessions {
+            close(&s.conn, CloseReason::Shutdown);
+        }
+    }
+
+    /// Opens a job stream on an agent's connection and sends the request.
+    pub async fn start_job(&self, name: &str, req: &JobRequest) -> Result<JobStream, DispatchError> {
+        let session = self
+            .session(name)
+            .ok_or_else(|| DispatchError::NotConnected(name.to_string()))?;
+        let conn_err = |e: &dyn std::fmt::Display| DispatchError::Connection {
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
+        let (mut send, recv) = tokio::time::timeout(Duration::from_secs(10), session.conn.open_bi())
+            .await
+            .map_err(|e| conn_err(&e))?
+            .map_err(|e| conn_err(&e))?;
+        write_frame(&mut send, req)
+            .await
+            .map_err(|source| DispatchError::Wire {
+                name: name.to_string(),
+                source,
+            })?;
+        send.finish().map_err(|e| conn_err(&e))?;
+        Ok(JobStream {
+            agent: name.to_string(),
+            _send: send,
+            recv,
+        })
+    }
+}
+
+/// The agent's side of a running job: events as they come.
+pub struct JobStream {
+    agent: String,
+    // Kept so the stream is not reset while events are still coming.
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl JobStream {
+    /// The next event; `Ok(None)` when the agent closed the stream.
+    pub async fn next(&mut self) -> Result<Option<JobEvent>, DispatchError> {
+        read_frame(&mut self.recv)
+            .await
+            .map_err(|source| DispatchError::Wire {
+                name: self.agent.clone(),
+                source,
+            })
+    }
+}
+
+/// Facts as JSON for the API.
+pub fn facts_json(f: &Facts) -> serde_json::Value {
+    serde_json::json!({
+        "agent_version": f.agent_version,
+        "hostname": f.hostname,
+        "os": f.os,
+        "kernel": f.kernel,
+        "uptime_secs": f.uptime_secs,
+        "load": f.load,
+        "disk_free_bytes": f.disk_free_bytes,
+        "running_jobs": f.running_jobs,
+    })
+}
+
+/// Closes a connection with one of our reasons.
+pub fn close(conn: &quinn::Connection, reason: CloseReason) {
+    conn.close(reason.code().into(), reason.text().as_bytes());
+}

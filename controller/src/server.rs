@@ -1,0 +1,272 @@
+//! `init` (create a data dir) and `serve` (run the controller until a
+//! shutdown signal): the library entry points the binary calls.
+
+use crate::api::{self, AppState};
+use crate::config::{ControllerConfig, DataDir};
+use crate::enroll::token_hash;
+use crate::fleet::Fleet;
+use crate::pki::{Ca, PkiError};
+use crate::quic::{self, ServerTls};
+use crate::store::{Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of `vesemir-controller init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Directory to create.
+    pub data_dir: PathBuf,
+    /// Extra names/IPs for the server certificate.
+    pub sans: Vec<String>,
+    /// HTTP API listen address.
+    pub api_listen: SocketAddr,
+    /// QUIC listen address.
+    pub quic_listen: SocketAddr,
+    /// Heartbeat interval, seconds.
+    pub heartbeat_secs: u32,
+    /// Agent certificate lifetime.
+    pub agent_cert_ttl: Duration,
+    /// `[chef]` table, if given.
+    pub chef: Option<toml::Value>,
+    /// Static inventory file, if given.
+    pub inventory: Option<PathBuf>,
+}
+
+/// What `init` produced.
+#[derive(Debug)]
+pub struct InitOutput {
+    /// The admin token (shown once).
+    pub admin_token: String,
+    /// Paths.
+    pub data_dir: DataDir,
+}
+
+/// Errors of init and serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data dir already has content.
+    #[error("{0} already exists and is not empty; refusing to overwrite it (choose another --data-dir or remove it)")]
+    DataDirExists(PathBuf),
+    /// Filesystem.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// PKI.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] quic::EndpointError),
+    /// Binding a TCP listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes a file with the given mode, creating it exclusively.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(contents).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn read(path: &Path) -> Result<String, ServerError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Creates a data dir: CA, server certificate, config, database, admin token, CLI config.
+pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
+    let root = &opts.data_dir;
+    if root.exists() {
+        let mut entries = std::fs::read_dir(root).map_err(io_err(root))?;
+        if entries.next().is_some() {
+            return Err(ServerError::DataDirExists(root.clone()));
+        }
+    } else {
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(root))?;
+    }
+    let root = std::fs::canonicalize(root).map_err(io_err(root))?;
+    let dd = DataDir { root: root.clone() };
+
+    let (ca, ca_key_pem) = Ca::generate()?;
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for s in &opts.sans {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    let (server_pem, server_key_pem) = ca.issue_server(&sans)?;
+    write_file(&dd.ca_cert(), ca.cert_pem.as_bytes(), 0o644)?;
+    write_file(&dd.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
+    write_file(&dd.server_cert(), server_pem.as_bytes(), 0o644)?;
+    write_file(&dd.server_key(), server_key_pem.as_bytes(), 0o600)?;
+    write_file(&dd.reset_key(), &rand::random::<[u8; 32]>(), 0o600)?;
+
+    let mut cfg = ControllerConfig::new(root.clone());
+    cfg.api_listen = opts.api_listen;
+    cfg.quic_listen = opts.quic_listen;
+    cfg.heartbeat_secs = opts.heartbeat_secs;
+    cfg.agent_cert_ttl = opts.agent_cert_ttl;
+    cfg.quic_idle_timeout = cfg
+        .quic_idle_timeout
+        .max(Duration::from_secs(u64::from(opts.heartbeat_secs) * 3));
+    cfg.chef = opts.chef;
+    cfg.inventory = opts.inventory;
+    write_file(&dd.config(), cfg.to_toml().as_bytes(), 0o644)?;
+
+    let store = Store::connect(&cfg.database_url()).await?;
+    let admin_token = format!("vsm_adm_{}", hex::encode(rand::random::<[u8; 24]>()));
+    store
+        .insert_api_token("admin", &token_hash(&admin_token), "admin")
+        .await?;
+    store.close().await;
+    write_file(&dd.admin_token(), format!("{admin_token}\n").as_bytes(), 0o600)?;
+
+    let api_host = if opts.api_listen.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), opts.api_listen.port())
+    } else {
+        opts.api_listen
+    };
+    let cli = format!(
+        "# written by vesemir-controller init\nurl = \"http://{api_host}\"\ntoken_file = \"{}\"\n",
+        dd.admin_token().display()
+    );
+    write_file(&dd.cli_config(), cli.as_bytes(), 0o600)?;
+    Ok(InitOutput {
+        admin_token,
+        data_dir: dd,
+    })
+}
+
+/// Runs the controller until `shutdown` resolves, then closes agent
+/// connections cleanly (they reconnect later) and flushes the store.
+pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let dd = DataDir {
+        root: cfg.data_dir.clone(),
+    };
+    let tls = ServerTls {
+        ca_pem: read(&dd.ca_cert())?,
+        cert_pem: read(&dd.server_cert())?,
+        key_pem: read(&dd.server_key())?,
+    };
+    let ca = Arc::new(Ca::load(&tls.ca_pem, &read(&dd.ca_key())?)?);
+    let reset_key = std::fs::read(dd.reset_key()).map_err(io_err(&dd.reset_key()))?;
+    let store = Store::connect(&cfg.database_url()).await?;
+    let fleet = Fleet::new(
+        store.clone(),
+        Duration::from_secs(u64::from(cfg.heartbeat_secs)),
+    )
+    .await?;
+
+    let endpoint = quic::endpoint(
+        cfg.quic_listen,
+        &tls,
+        fleet.revoked_set(),
+        &reset_key,
+        cfg.quic_idle_timeout,
+    )?;
+    let enroll_listener = tokio::net::TcpListener::bind(cfg.quic_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: cfg.quic_listen,
+            source,
+        })?;
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: cfg.api_listen,
+            source,
+        })?;
+    tracing::info!(
+        api = %cfg.api_listen,
+        quic = %cfg.quic_listen,
+        data_dir = %cfg.data_dir.display(),
+        "controller serving"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let quic_task = tokio::spawn(quic::serve(
+        endpoint.clone(),
+        fleet.clone(),
+        ca.clone(),
+        cfg.agent_cert_ttl,
+    ));
+    let enroll_task = tokio::spawn(crate::enroll::serve(
+        enroll_listener,
+        crate::enroll::acceptor(&tls)?,
+        store.clone(),
+        ca.clone(),
+        cfg.agent_cert_ttl,
+    ));
+    let flusher = tokio::spawn(
+        fleet
+            .clone()
+            .run_flusher(cfg.last_seen_flush, stopped(stop_rx.clone())),
+    );
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        fleet: fleet.clone(),
+        timeout: cfg.api_timeout,
+    });
+    let app = api::router(state, cfg.api_body_limit);
+    let api_stop = stopped(stop_rx.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(api_stop)
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: closing agent connections");
+    let _ = stop_tx.send(true);
+    fleet.close_all();
+    endpoint.close(
+        vesemir_protocol::control::CloseReason::Shutdown.code().into(),
+        b"controller shutting down",
+    );
+    enroll_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    let _ = flusher.await;
+    quic_task.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
