@@ -242,3 +242,31 @@ pub async fn create_nodes(
     }
     Ok(started.elapsed())
 }
+
+/// goiardi indexes asynchronously (like a real Chef server's Solr): a node is
+/// searchable a moment after its create returned. Poll `query` until it
+/// matches `count` nodes, or fail after `within`.
+pub async fn wait_indexed(
+    client: &ChefClient,
+    query: &str,
+    count: usize,
+    within: Duration,
+) -> Result<()> {
+    let inventory = vesemir_controller::inventory::ChefInventory::from_client(client.clone());
+    let deadline = Instant::now() + within;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let found = inventory
+            .resolve_query(query.to_string())
+            .await?
+            .hosts
+            .len();
+        if found >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("search {query:?} found {found} of {count} nodes after {within:?}");
+        }
+    }
+}

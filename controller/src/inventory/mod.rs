@@ -13,7 +13,8 @@
 //!
 //! Both sources answer the same [`Selector`] with the same semantics: every
 //! field is ANDed (each listed tag, role and recipe must be present, each
-//! `not_tags` entry absent, environment and attributes equal). A raw `query`
+//! `not_tags` entry absent, environment and attributes equal). Values match
+//! exactly: wildcards (`*`, `?`) in them are refused. A raw `query`
 //! is ANDed with the other fields by Chef; the static inventory rejects it
 //! ([`InventoryError::RawQueryUnsupported`]).
 
@@ -64,8 +65,8 @@ impl Selector {
             && self.query.is_none()
     }
 
-    /// Refuse empty selectors and empty values (an empty value would match
-    /// nothing in Chef and be a typo in practice).
+    /// Refuse empty selectors, empty values (an empty value would match
+    /// nothing in Chef and be a typo in practice) and wildcards in values.
     pub fn validate(&self) -> Result<(), InventoryError> {
         if self.is_empty() {
             return Err(InventoryError::EmptySelector);
@@ -76,21 +77,28 @@ impl Selector {
             ("role", &self.roles),
             ("recipe", &self.recipes),
         ];
-        for (what, values) in lists {
-            if values.iter().any(|v| v.trim().is_empty()) {
-                return Err(InventoryError::InvalidSelector(format!(
-                    "empty {what} value"
-                )));
-            }
-        }
-        if self
-            .environment
-            .as_deref()
-            .is_some_and(|e| e.trim().is_empty())
+        let env = self.environment.iter().collect::<Vec<_>>();
+        let attr_values = self.attributes.values().collect::<Vec<_>>();
+        for (what, values) in lists
+            .iter()
+            .map(|(w, v)| (*w, v.iter().collect::<Vec<_>>()))
+            .chain([("environment", env), ("attribute", attr_values)])
         {
-            return Err(InventoryError::InvalidSelector(
-                "empty environment".to_string(),
-            ));
+            for v in values {
+                if v.trim().is_empty() {
+                    return Err(InventoryError::InvalidSelector(format!(
+                        "empty {what} value"
+                    )));
+                }
+                // Wildcards are refused, not escaped: goiardi expands `*` even
+                // when escaped, and a selector that silently widens is how a
+                // deploy reaches the wrong fleet. Raw queries may use them.
+                if v.contains(['*', '?']) {
+                    return Err(InventoryError::InvalidSelector(format!(
+                        "{what} value {v:?} contains a wildcard ('*' or '?'); selector values match exactly, use a raw query for patterns"
+                    )));
+                }
+            }
         }
         if self.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
             return Err(InventoryError::InvalidSelector(

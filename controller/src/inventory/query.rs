@@ -168,6 +168,14 @@ mod tests {
                 environment: Some("".into()),
                 ..Default::default()
             },
+            Selector {
+                tags: vec!["app:*".into()],
+                ..Default::default()
+            },
+            Selector {
+                attributes: BTreeMap::from([("a".into(), "x?".into())]),
+                ..Default::default()
+            },
         ] {
             assert!(selector_query(&sel).is_err(), "{sel:?}");
         }
