@@ -1,1 +1,135 @@
-fn main() {}
+//! vesemir benchmarks.
+//!
+//! `chef-resolve`: start a real goiardi (authentication on), create N nodes
+//! through the controller's signed Chef client, then time resolving a
+//! selector that matches all of them (and one that matches half), as the
+//! controller does before a deployment.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use vesemir_controller::inventory::chef::node_document;
+use vesemir_controller::inventory::{ChefInventory, Selector};
+use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
+
+#[derive(Parser)]
+#[command(about = "vesemir benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time resolving a Chef selector against goiardi with N nodes.
+    ChefResolve {
+        /// Nodes to create; all match the timed selector.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Node creations in flight at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+        /// Timed resolves per selector.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Args::parse().bench {
+        Bench::ChefResolve {
+            nodes,
+            parallel,
+            runs,
+        } => chef_resolve(nodes, parallel, runs.max(1)).await,
+    }
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+async fn chef_resolve(nodes: usize, parallel: usize, runs: usize) -> Result<()> {
+    let started = Instant::now();
+    let g = Goiardi::start().await?;
+    println!("goiardi ready on {} in {:?}", g.url(), started.elapsed());
+    let mut cfg = g.admin_config(Default::default());
+    cfg.timeout = Duration::from_secs(120);
+    let client = vesemir_controller::inventory::ChefClient::new(&cfg)?;
+
+    let docs = (0..nodes)
+        .map(|i| {
+            let half = if i % 2 == 0 { "even" } else { "odd" };
+            node_document(
+                &format!("bench-{i:06}.example.com"),
+                "production",
+                &["role[web]".to_string(), "recipe[app::deploy]".to_string()],
+                json!({"tags": ["app:bench", format!("half:{half}")]}),
+                json!({
+                    "ipaddress": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                    "fqdn": format!("bench-{i:06}.example.com"),
+                    "hostname": format!("bench-{i:06}"),
+                }),
+            )
+        })
+        .collect();
+    let took = create_nodes(&client, docs, parallel).await?;
+    println!(
+        "created {nodes} nodes in {took:.2?} ({:.0} nodes/s, {parallel} in flight)",
+        nodes as f64 / took.as_secs_f64()
+    );
+    let t = Instant::now();
+    wait_indexed(&client, "tags:app\\:bench", nodes, Duration::from_secs(300)).await?;
+    println!("all {nodes} searchable after a further {:.2?}", t.elapsed());
+
+    let inventory = ChefInventory::from_client(client);
+    let mut report = serde_json::Map::new();
+    for (label, selector, want) in [
+        (
+            "all",
+            Selector {
+                tags: vec!["app:bench".into()],
+                environment: Some("production".into()),
+                ..Default::default()
+            },
+            nodes,
+        ),
+        (
+            "half",
+            Selector {
+                tags: vec!["app:bench".into(), "half:even".into()],
+                roles: vec!["web".into()],
+                ..Default::default()
+            },
+            nodes.div_ceil(2),
+        ),
+    ] {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = inventory.resolve(&selector).await?;
+            times.push(t.elapsed());
+            ensure!(
+                r.hosts.len() == want,
+                "{label}: got {} hosts, want {want}",
+                r.hosts.len()
+            );
+        }
+        let (min, median, max) = stats(times);
+        println!(
+            "resolve {label:>4} ({want} hosts): min {min:.2?}  median {median:.2?}  max {max:.2?}  over {runs} runs"
+        );
+        report.insert(
+            label.to_string(),
+            json!({"hosts": want, "min_ms": min.as_millis(), "median_ms": median.as_millis(), "max_ms": max.as_millis()}),
+        );
+    }
+    report.insert("nodes".into(), json!(nodes));
+    report.insert("create_ms".into(), json!(took.as_millis()));
+    println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}

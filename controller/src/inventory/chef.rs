@@ -262,6 +262,8 @@ pub struct ChefClient {
     http: reqwest::Client,
     /// Source of signing timestamps; injectable for clock-skew tests.
     clock: Clock,
+    /// Rows asked for in the first partial-search page.
+    first_page_rows: usize,
 }
 
 impl fmt::Debug for ChefClient {
@@ -273,6 +275,7 @@ impl fmt::Debug for ChefClient {
             .field("version", &self.version)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("first_page_rows", &self.first_page_rows)
             .finish_non_exhaustive()
     }
 }
@@ -318,6 +321,7 @@ impl ChefClient {
             retries: cfg.retries,
             http,
             clock: Arc::new(OffsetDateTime::now_utc),
+            first_page_rows: FIRST_PAGE_ROWS,
         })
     }
 
@@ -328,6 +332,14 @@ impl ChefClient {
         clock: impl Fn() -> OffsetDateTime + Send + Sync + 'static,
     ) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Rows asked for in the first partial-search page (default 50,000). A
+    /// full page is fetched again, twice as big; tests use a small value to
+    /// exercise that path.
+    pub fn with_first_page_rows(mut self, rows: usize) -> Self {
+        self.first_page_rows = rows.max(1);
         self
     }
 
@@ -569,7 +581,7 @@ impl ChefClient {
     ) -> Result<Vec<Value>, ChefError> {
         let body = serde_json::to_value(keys).expect("a map of strings serializes");
         let path = format!("/search/{index}");
-        let mut rows = FIRST_PAGE_ROWS;
+        let mut rows = self.first_page_rows;
         loop {
             let rows_s = rows.to_string();
             let answer = self
