@@ -8,43 +8,52 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use clap::{Parser, Subcommand};
 use serde_json::json;
 use vesemir_controller::inventory::chef::node_document;
 use vesemir_controller::inventory::{ChefInventory, Selector};
 use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
 
-#[derive(Parser)]
-#[command(about = "vesemir benchmarks")]
-struct Args {
-    #[command(subcommand)]
-    bench: Bench,
-}
+const USAGE: &str =
+    "usage: vesemir-bench chef-resolve [--nodes N (10000)] [--parallel P (32)] [--runs R (5)]";
 
-#[derive(Subcommand)]
-enum Bench {
-    /// Time resolving a Chef selector against goiardi with N nodes.
-    ChefResolve {
-        /// Nodes to create; all match the timed selector.
-        #[arg(long, default_value_t = 10_000)]
-        nodes: usize,
-        /// Node creations in flight at once.
-        #[arg(long, default_value_t = 32)]
-        parallel: usize,
-        /// Timed resolves per selector.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-    },
+/// `--name value` pairs after the subcommand (no parser crate: keeps the
+/// lock file untouched and the bench small).
+fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => {
+            let v = args
+                .get(i + 1)
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a value\n{USAGE}"))?;
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name} {v:?} is not a number\n{USAGE}"))
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Args::parse().bench {
-        Bench::ChefResolve {
-            nodes,
-            parallel,
-            runs,
-        } => chef_resolve(nodes, parallel, runs.max(1)).await,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("chef-resolve") => {
+            let rest = &args[1..];
+            for a in rest.iter().step_by(2) {
+                ensure!(
+                    ["--nodes", "--parallel", "--runs"].contains(&a.as_str()),
+                    "unknown flag {a}\n{USAGE}"
+                );
+            }
+            chef_resolve(
+                flag(rest, "--nodes", 10_000)?,
+                flag(rest, "--parallel", 32)?,
+                flag(rest, "--runs", 5)?.max(1),
+            )
+            .await
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(64);
+        }
     }
 }
 
