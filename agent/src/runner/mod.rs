@@ -1,1 +1,242 @@
-//! Playbook runner.
+//! Playbook runner: Ansible-flavoured YAML playbooks run on this machine.
+//!
+//! Layout:
+//! - [`playbook`]: parsing, typing and checking (templates, names, types),
+//!   with `file:line:column` in every error — all before the first task runs.
+//! - `modules`: the task modules (`command`, `shell`, `get_url`, `unarchive`,
+//!   `copy`, `template`, `file`, `systemd`, `wait_for`, `http_check`, `pause`).
+//! - `exec`: the task loop: `when`, retries, timeouts, cancel, register,
+//!   `changed_when`/`failed_when`, events and stats.
+//! - [`cli`]: `vesemir-agent playbook check|run`.
+//!
+//! Architecture invariants:
+//! - Events are the wire types of `vesemir-protocol` ([`JobEvent`]); the
+//!   runner awaits each send, so a slow consumer slows the job down rather
+//!   than growing a buffer. A consumer that goes away does not stop the job.
+//! - A process started by a task lives in its own process group and never
+//!   outlives the task's timeout or a cancel.
+//! - [`run_job`] consults and updates the [`Journal`](crate::journal::Journal):
+//!   a job id runs at most once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vesemir_protocol::job::{Changeset, JobEvent, JobOutcome, JobStatus, PlaybookJob, Stats};
+
+use crate::journal::{Claim, Journal};
+
+pub mod cli;
+mod exec;
+mod modules;
+pub mod playbook;
+
+pub use playbook::Location;
+
+/// How the runner runs playbooks on this host.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Where named playbooks (`deploy.yml`, …) live, for [`run_job`].
+    pub playbook_dir: PathBuf,
+    /// The `systemctl` the `systemd` module calls (a stand-in in tests).
+    pub systemctl: PathBuf,
+    /// Host facts, exposed to templates as `facts`.
+    pub facts: serde_json::Value,
+    /// Timeout of a task that sets none.
+    pub default_task_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a task's process group is stopped.
+    pub kill_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            playbook_dir: PathBuf::from("/usr/share/vesemir/playbooks"),
+            systemctl: PathBuf::from("systemctl"),
+            facts: serde_json::Value::Object(Default::default()),
+            default_task_timeout: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a playbook cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaybookError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The playbook file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The playbook is invalid; `location` is `file:line:column`.
+    #[error("{location}: {message}")]
+    Invalid {
+        /// Where.
+        location: Location,
+        /// What is wrong, in words a user can act on.
+        message: String,
+    },
+    /// A job named a playbook outside the playbook directory.
+    #[error("invalid playbook name `{0}`: give the file name of a playbook in the playbook directory (no `/`, no `..`)")]
+    BadName(String),
+}
+
+/// Parses, types and template-checks the playbook at `path` for this request
+/// (vars, changeset and facts as the run would see them), without running
+/// anything. Errors carry `file:line:column`.
+pub fn check_playbook(
+    path: &Path,
+    vars: &BTreeMap<String, String>,
+    changeset: Option<&Changeset>,
+    cfg: &RunnerConfig,
+) -> Result<(), PlaybookError> {
+    let pb = playbook::load(path)?;
+    playbook::check(&pb, vars, changeset, &cfg.facts, playbook::CheckMode::Run)
+}
+
+/// Like [`check_playbook`] for the playbook alone: variables listed under
+/// `requires:` and the changeset are assumed to be given (placeholders).
+/// This is `vesemir-agent playbook check`.
+pub fn lint_playbook(
+    path: &Path,
+    vars: &BTreeMap<String, String>,
+    cfg: &RunnerConfig,
+) -> Result<(), PlaybookError> {
+    let pb = playbook::load(path)?;
+    playbook::check(&pb, vars, None, &cfg.facts, playbook::CheckMode::Lint)
+}
+
+/// Resolves a playbook name from a job inside `cfg.playbook_dir`.
+pub fn resolve_playbook(cfg: &RunnerConfig, name: &str) -> Result<PathBuf, PlaybookError> {
+    let bad = name.is_empty()
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0')
+        || name.contains("..")
+        || name.starts_with('.');
+    if bad {
+        return Err(PlaybookError::BadName(name.to_string()));
+    }
+    Ok(cfg.playbook_dir.join(name))
+}
+
+/// Runs the playbook file at `path` (no journal). Sends `Started`, then per
+/// task `TaskStarted`, `Log` lines as they happen and `TaskResult`, and last
+/// `Finished` with the returned outcome. Cancelling `cancel` stops the
+/// running task (killing its process group) and ends the job `Cancelled`.
+pub async fn run_playbook_file(
+    cfg: &RunnerConfig,
+    path: &Path,
+    job_id: &str,
+    job: &PlaybookJob,
+    events: mpsc::Sender<JobEvent>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let _ = events
+        .send(JobEvent::Started {
+            job_id: job_id.to_string(),
+            replay: false,
+        })
+        .await;
+    let outcome = exec::run(cfg, path, job_id, job, &events, &cancel).await;
+    let _ = events.send(JobEvent::Finished(outcome.clone())).await;
+    outcome
+}
+
+fn failed_outcome(job_id: &str, error: String) -> JobOutcome {
+    JobOutcome {
+        job_id: job_id.to_string(),
+        status: JobStatus::Failed,
+        stats: Stats::default(),
+        error: Some(error),
+        output: None,
+    }
+}
+
+async fn replay(events: &mpsc::Sender<JobEvent>, job_id: &str, outcome: JobOutcome) -> JobOutcome {
+    let _ = events
+        .send(JobEvent::Started {
+            job_id: job_id.to_string(),
+            replay: true,
+        })
+        .await;
+    let _ = events.send(JobEvent::Finished(outcome.clone())).await;
+    outcome
+}
+
+/// Runs a job through the journal: a job id already known is answered from
+/// its record (`Started { replay: true }`, then `Finished` with the recorded
+/// outcome, or status `Running` / `Interrupted`) and nothing runs. Otherwise
+/// the request is recorded durably, the named playbook from
+/// `cfg.playbook_dir` runs as in [`run_playbook_file`], and the outcome is
+/// recorded. If the journal cannot record the request, nothing runs.
+pub async fn run_job(
+    cfg: &RunnerConfig,
+    journal: &Journal,
+    job_id: &str,
+    job: &PlaybookJob,
+    events: mpsc::Sender<JobEvent>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    if let Some(rec) = journal.get(job_id) {
+        return replay(&events, job_id, rec.reported_outcome()).await;
+    }
+    let path = match resolve_playbook(cfg, &job.playbook) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = events
+                .send(JobEvent::Started {
+                    job_id: job_id.to_string(),
+                    replay: false,
+                })
+                .await;
+            let o = failed_outcome(job_id, e.to_string());
+            let _ = events.send(JobEvent::Finished(o.clone())).await;
+            return o;
+        }
+    };
+    match journal.claim(job_id, job) {
+        Ok(Claim::Existing(rec)) => return replay(&events, job_id, rec.reported_outcome()).await,
+        Ok(Claim::New) => {}
+        Err(e) => {
+            let _ = events
+                .send(JobEvent::Started {
+                    job_id: job_id.to_string(),
+                    replay: false,
+                })
+                .await;
+            let o = failed_outcome(job_id, format!("not run: {e}"));
+            let _ = events.send(JobEvent::Finished(o.clone())).await;
+            return o;
+        }
+    }
+    let outcome = run_playbook_file(cfg, &path, job_id, job, events, cancel).await;
+    if let Err(e) = journal.finish(&outcome) {
+        tracing::error!(job_id, error = %e, "could not record the job's outcome");
+    }
+    outcome
+}
+
+/// Basic facts about this host (hostname, OS, architecture), for `facts`.
+pub fn local_facts() -> serde_json::Value {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // or truncates within it, and we stop at the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let hostname = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    serde_json::json!({
+        "hostname": hostname,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}

@@ -1,0 +1,744 @@
+//! Task modules: typed arguments and their execution.
+//!
+//! Arguments are typed from the *rendered* JSON of a task's module key by
+//! [`ModuleArgs::parse`]; the checker runs the same parse on the check
+//! context's rendering, so type errors surface before anything runs.
+//!
+//! Architecture invariant: modules never touch the journal or the event
+//! stream's framing; they report a [`ModuleOutput`] and emit log lines.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use minijinja::Environment;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vesemir_protocol::job::{JobEvent, LogStream, TaskStatus};
+
+use super::playbook::parse_duration;
+use super::RunnerConfig;
+
+mod files;
+mod net;
+mod process;
+mod systemd;
+mod unarchive;
+
+pub(crate) use process::{run_process, tail, ProcessSpec};
+
+/// Every module a task may use.
+pub(crate) const KNOWN_MODULES: &[&str] = &[
+    "command",
+    "shell",
+    "get_url",
+    "unarchive",
+    "copy",
+    "template",
+    "file",
+    "systemd",
+    "wait_for",
+    "http_check",
+    "pause",
+];
+
+/// Arguments of `command` / `shell`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CommandArgs {
+    /// argv for `command`; `["/bin/sh", "-c", cmd]` for `shell`.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub chdir: Option<PathBuf>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Skip (ok, unchanged) when this path exists.
+    pub creates: Option<PathBuf>,
+}
+
+/// Arguments of `get_url`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GetUrlArgs {
+    pub url: String,
+    pub dest: PathBuf,
+    pub sha256: Option<String>,
+    pub mode: Option<u32>,
+    pub timeout: Duration,
+}
+
+/// Arguments of `unarchive`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UnarchiveArgs {
+    pub src: PathBuf,
+    pub dest: PathBuf,
+    pub strip_components: usize,
+    pub force: bool,
+}
+
+/// Arguments of `copy`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CopyArgs {
+    pub content: Option<String>,
+    pub src: Option<PathBuf>,
+    pub dest: PathBuf,
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Arguments of `template`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TemplateArgs {
+    pub src: PathBuf,
+    pub dest: PathBuf,
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Desired state for `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileState {
+    Directory,
+    Symlink,
+    Absent,
+    File,
+    Touch,
+}
+
+/// Arguments of `file`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FileArgs {
+    pub path: PathBuf,
+    pub state: FileState,
+    pub src: Option<PathBuf>,
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Desired state for `systemd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnitState {
+    Started,
+    Stopped,
+    Restarted,
+    Reloaded,
+}
+
+/// Arguments of `systemd`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SystemdArgs {
+    pub name: Option<String>,
+    pub state: Option<UnitState>,
+    pub enabled: Option<bool>,
+    pub daemon_reload: bool,
+}
+
+/// Arguments of `wait_for`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WaitForArgs {
+    pub host: String,
+    pub port: u16,
+    /// true: wait until open; false: until closed.
+    pub open: bool,
+    pub timeout: Duration,
+    pub delay: Duration,
+}
+
+/// Arguments of `http_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HttpCheckArgs {
+    pub url: String,
+    pub status: u16,
+    pub body_contains: Option<String>,
+    pub retries: u32,
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+/// Typed arguments of one task's module.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ModuleArgs {
+    Command(CommandArgs),
+    Shell(CommandArgs),
+    GetUrl(GetUrlArgs),
+    Unarchive(UnarchiveArgs),
+    Copy(CopyArgs),
+    Template(TemplateArgs),
+    File(FileArgs),
+    Systemd(SystemdArgs),
+    WaitFor(WaitForArgs),
+    HttpCheck(HttpCheckArgs),
+    Pause(Duration),
+}
+
+/// Typed access to a module's argument mapping; leftover keys are errors.
+struct Fields {
+    map: Map<String, Value>,
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Fields {
+    fn new(v: &Value, module: &str) -> Result<Fields, String> {
+        match v {
+            Value::Object(m) => Ok(Fields { map: m.clone() }),
+            Value::Null => Ok(Fields { map: Map::new() }),
+            _ => Err(format!("`{module}` takes a mapping of arguments")),
+        }
+    }
+    fn str(&mut self, k: &str) -> Result<Option<String>, String> {
+        match self.map.remove(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => scalar(&v)
+                .map(Some)
+                .ok_or_else(|| format!("`{k}` must be a string")),
+        }
+    }
+    fn req(&mut self, k: &str) -> Result<String, String> {
+        self.str(k)?.ok_or_else(|| format!("`{k}` is required"))
+    }
+    fn path(&mut self, k: &str) -> Result<Option<PathBuf>, String> {
+        Ok(self.str(k)?.map(PathBuf::from))
+    }
+    fn req_path(&mut self, k: &str) -> Result<PathBuf, String> {
+        let p = self.req(k)?;
+        if p.is_empty() {
+            return Err(format!("`{k}` is empty"));
+        }
+        Ok(PathBuf::from(p))
+    }
+    fn bool(&mut self, k: &str) -> Result<Option<bool>, String> {
+        match self.str(k)?.as_deref() {
+            None => Ok(None),
+            Some("true" | "True" | "yes" | "on" | "1") => Ok(Some(true)),
+            Some("false" | "False" | "no" | "off" | "0") => Ok(Some(false)),
+            Some(o) => Err(format!("`{k}` must be true or false, not `{o}`")),
+        }
+    }
+    fn num<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
+        match self.str(k)? {
+            None => Ok(None),
+            Some(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("`{k}` must be a number, not `{s}`")),
+        }
+    }
+    fn duration(&mut self, k: &str) -> Result<Option<Duration>, String> {
+        match self.str(k)? {
+            None => Ok(None),
+            Some(s) => parse_duration(&s)
+                .map(Some)
+                .map_err(|e| format!("`{k}`: {e}")),
+        }
+    }
+    fn mode(&mut self, k: &str) -> Result<Option<u32>, String> {
+        match self.str(k)? {
+            None => Ok(None),
+            Some(s) => parse_mode(&s).map(Some).map_err(|e| format!("`{k}`: {e}")),
+        }
+    }
+    fn finish(self, module: &str) -> Result<(), String> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(format!("unknown argument `{k}` for `{module}`")),
+        }
+    }
+}
+
+/// Octal mode from `"0644"`, `"644"` or `"0o644"` (YAML `0644` unquoted
+/// reaches us as the digits 644 and is read as octal too).
+pub(crate) fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("0o").unwrap_or(t);
+    u32::from_str_radix(t, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode like \"0644\""))
+}
+
+/// Splits a free-form command line on whitespace, honouring simple quotes.
+pub(crate) fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') => cur.extend(chars.next()),
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '\\') => {
+                cur.extend(chars.next());
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unterminated quote in `{s}`"));
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, String> {
+    let module = if shell { "shell" } else { "command" };
+    let (cmd, mut f) = match v {
+        Value::Object(_) => {
+            let mut f = Fields::new(v, module)?;
+            let cmd = match (f.map.remove("cmd"), f.map.remove("argv")) {
+                (Some(c), None) | (None, Some(c)) => c,
+                (None, None) => return Err("`cmd` (or `argv`) is required".into()),
+                (Some(_), Some(_)) => return Err("give `cmd` or `argv`, not both".into()),
+            };
+            (cmd, Some(f))
+        }
+        other => (other.clone(), None),
+    };
+    let argv = match (&cmd, shell) {
+        (Value::String(s), true) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        (Value::String(s), false) => split_words(s)?,
+        (Value::Array(a), false) => a
+            .iter()
+            .map(|x| scalar(x).ok_or_else(|| "argv items must be strings".to_string()))
+            .collect::<Result<_, _>>()?,
+        (Value::Array(_), true) => return Err("`shell` takes a command string".into()),
+        (Value::Number(_) | Value::Bool(_), _) => {
+            let s = scalar(&cmd).unwrap_or_default();
+            if shell {
+                vec!["/bin/sh".into(), "-c".into(), s]
+            } else {
+                vec![s]
+            }
+        }
+        _ => return Err(format!("`{module}` takes a command string or a list")),
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err("empty command".into());
+    }
+    let mut out = CommandArgs {
+        argv,
+        chdir: None,
+        env: Vec::new(),
+        creates: None,
+    };
+    if let Some(mut f) = f.take() {
+        out.chdir = f.path("chdir")?;
+        out.creates = f.path("creates")?;
+        match f.map.remove("env") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    let v = scalar(&v).ok_or_else(|| format!("env `{k}` must be a string"))?;
+                    out.env.push((k, v));
+                }
+            }
+            Some(_) => return Err("`env` must be a mapping".into()),
+        }
+        f.finish(module)?;
+    }
+    Ok(out)
+}
+
+impl ModuleArgs {
+    /// Types the rendered arguments of module `module`.
+    pub(crate) fn parse(module: &str, v: &Value) -> Result<ModuleArgs, String> {
+        Ok(match module {
+            "command" => ModuleArgs::Command(command_args(v, false)?),
+            "shell" => ModuleArgs::Shell(command_args(v, true)?),
+            "pause" => ModuleArgs::Pause(match v {
+                Value::Object(_) => {
+                    let mut f = Fields::new(v, module)?;
+                    let d = match (f.duration("seconds")?, f.duration("duration")?) {
+                        (Some(d), None) | (None, Some(d)) => d,
+                        _ => return Err("give `seconds` or `duration`".into()),
+                    };
+                    f.finish(module)?;
+                    d
+                }
+                other => parse_duration(&scalar(other).ok_or("`pause` takes a duration")?)?,
+            }),
+            _ => {
+                let mut f = Fields::new(v, module)?;
+                let args = match module {
+                    "get_url" => ModuleArgs::GetUrl(GetUrlArgs {
+                        url: f.req("url")?,
+                        dest: f.req_path("dest")?,
+                        sha256: f
+                            .str("sha256")?
+                            .or(f.str("checksum")?)
+                            .map(|s| s.trim_start_matches("sha256:").trim().to_ascii_lowercase()),
+                        mode: f.mode("mode")?,
+                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(600)),
+                    }),
+                    "unarchive" => ModuleArgs::Unarchive(UnarchiveArgs {
+                        src: f.req_path("src")?,
+                        dest: f.req_path("dest")?,
+                        strip_components: f.num("strip_components")?.unwrap_or(0),
+                        force: f.bool("force")?.unwrap_or(false),
+                    }),
+                    "copy" => {
+                        let a = CopyArgs {
+                            content: f.str("content")?,
+                            src: f.path("src")?,
+                            dest: f.req_path("dest")?,
+                            mode: f.mode("mode")?,
+                            owner: f.str("owner")?,
+                            group: f.str("group")?,
+                        };
+                        if a.content.is_some() == a.src.is_some() {
+                            return Err("give exactly one of `content` or `src`".into());
+                        }
+                        ModuleArgs::Copy(a)
+                    }
+                    "template" => ModuleArgs::Template(TemplateArgs {
+                        src: f.req_path("src")?,
+                        dest: f.req_path("dest")?,
+                        mode: f.mode("mode")?,
+                        owner: f.str("owner")?,
+                        group: f.str("group")?,
+                    }),
+                    "file" => {
+                        let path = f.req_path("path")?;
+                        let src = f.path("src")?;
+                        let state = match f.str("state")?.as_deref() {
+                            Some("directory") => FileState::Directory,
+                            Some("link" | "symlink") => FileState::Symlink,
+                            Some("absent") => FileState::Absent,
+                            None | Some("file") => FileState::File,
+                            Some("touch") => FileState::Touch,
+                            Some(o) => {
+                                return Err(format!(
+                                "`state` must be directory, link, absent, file or touch, not `{o}`"
+                            ))
+                            }
+                        };
+                        if (state == FileState::Symlink) != src.is_some() {
+                            return Err("`src` is required for, and only for, state=link".into());
+                        }
+                        ModuleArgs::File(FileArgs {
+                            path,
+                            state,
+                            src,
+                            mode: f.mode("mode")?,
+                            owner: f.str("owner")?,
+                            group: f.str("group")?,
+                        })
+                    }
+                    "systemd" => {
+                        let a = SystemdArgs {
+                            name: f.str("name")?,
+                            state: match f.str("state")?.as_deref() {
+                                None => None,
+                                Some("started") => Some(UnitState::Started),
+                                Some("stopped") => Some(UnitState::Stopped),
+                                Some("restarted") => Some(UnitState::Restarted),
+                                Some("reloaded") => Some(UnitState::Reloaded),
+                                Some(o) => {
+                                    return Err(format!(
+                                "`state` must be started, stopped, restarted or reloaded, not `{o}`"
+                            ))
+                                }
+                            },
+                            enabled: f.bool("enabled")?,
+                            daemon_reload: f.bool("daemon_reload")?.unwrap_or(false),
+                        };
+                        if a.name.is_none() && (a.state.is_some() || a.enabled.is_some()) {
+                            return Err("`name` is required with `state` or `enabled`".into());
+                        }
+                        if a.name.is_none() && !a.daemon_reload {
+                            return Err("nothing to do: give `name` and `state`/`enabled`, or `daemon_reload`".into());
+                        }
+                        ModuleArgs::Systemd(a)
+                    }
+                    "wait_for" => ModuleArgs::WaitFor(WaitForArgs {
+                        host: f.str("host")?.unwrap_or_else(|| "127.0.0.1".into()),
+                        port: f.num("port")?.ok_or("`port` is required")?,
+                        open: match f.str("state")?.as_deref() {
+                            None | Some("started" | "open") => true,
+                            Some("stopped" | "closed") => false,
+                            Some(o) => {
+                                return Err(format!(
+                                    "`state` must be started/open or stopped/closed, not `{o}`"
+                                ))
+                            }
+                        },
+                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(60)),
+                        delay: f.duration("delay")?.unwrap_or(Duration::ZERO),
+                    }),
+                    "http_check" => ModuleArgs::HttpCheck(HttpCheckArgs {
+                        url: f.req("url")?,
+                        status: f.num("status")?.unwrap_or(200),
+                        body_contains: f.str("body_contains")?,
+                        retries: f.num("retries")?.unwrap_or(10),
+                        delay: f.duration("delay")?.unwrap_or(Duration::from_secs(1)),
+                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(10)),
+                    }),
+                    other => return Err(format!("unknown module `{other}`")),
+                };
+                f.finish(module)?;
+                args
+            }
+        })
+    }
+
+    /// Whether the module runs processes and handles stop requests itself
+    /// (killing its process group); other modules are simply dropped.
+    pub(crate) fn handles_stop(&self) -> bool {
+        matches!(
+            self,
+            ModuleArgs::Command(_) | ModuleArgs::Shell(_) | ModuleArgs::Systemd(_)
+        )
+    }
+}
+
+/// What a module reports.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct ModuleOutput {
+    /// Ok, Changed or Failed (Skipped is decided by the runner).
+    pub status: Option<TaskStatus>,
+    /// Exit code of the (last) process.
+    pub rc: Option<i32>,
+    /// One-line summary or error.
+    pub msg: String,
+    /// Captured stdout (bounded).
+    pub stdout: String,
+    /// Captured stderr (bounded).
+    pub stderr: String,
+    /// The module stopped because it was asked to (timeout or cancel).
+    pub stopped: bool,
+}
+
+impl ModuleOutput {
+    pub(crate) fn ok(msg: impl Into<String>) -> Self {
+        Self::with(TaskStatus::Ok, msg)
+    }
+    pub(crate) fn changed(msg: impl Into<String>) -> Self {
+        Self::with(TaskStatus::Changed, msg)
+    }
+    pub(crate) fn failed(msg: impl Into<String>) -> Self {
+        Self::with(TaskStatus::Failed, msg)
+    }
+    fn with(status: TaskStatus, msg: impl Into<String>) -> Self {
+        ModuleOutput {
+            status: Some(status),
+            msg: msg.into(),
+            ..Default::default()
+        }
+    }
+    /// The status, Failed when unset.
+    pub(crate) fn status(&self) -> TaskStatus {
+        self.status.unwrap_or(TaskStatus::Failed)
+    }
+}
+
+/// Everything a module may use while running.
+pub(crate) struct TaskEnv<'a> {
+    /// Runner configuration (systemctl path…).
+    pub cfg: &'a RunnerConfig,
+    /// Task position, for log events.
+    pub index: u32,
+    /// Where log lines go.
+    pub events: &'a mpsc::Sender<JobEvent>,
+    /// Fires on timeout or cancel.
+    pub stop: &'a CancellationToken,
+    /// Directory of the playbook, for relative `src` paths.
+    pub playbook_dir: &'a Path,
+    /// Template environment, for `template`.
+    pub templates: &'a Environment<'static>,
+    /// Template context, for `template`.
+    pub ctx: &'a Map<String, Value>,
+}
+
+impl TaskEnv<'_> {
+    /// Emits a runner log line for this task.
+    pub(crate) async fn log(&self, line: impl Into<String>) {
+        let _ = self
+            .events
+            .send(JobEvent::Log {
+                index: self.index,
+                stream: LogStream::Runner,
+                line: line.into(),
+            })
+            .await;
+    }
+
+    /// `p` relative to the playbook's directory, unless absolute.
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.playbook_dir.join(p)
+        }
+    }
+}
+
+/// Runs one module.
+pub(crate) async fn run(args: &ModuleArgs, env: &TaskEnv<'_>) -> ModuleOutput {
+    match args {
+        ModuleArgs::Command(a) | ModuleArgs::Shell(a) => {
+            if let Some(c) = &a.creates {
+                if c.exists() {
+                    return ModuleOutput::ok(format!("skipped, {} exists", c.display()));
+                }
+            }
+            let spec = ProcessSpec {
+                argv: a.argv.clone(),
+                chdir: a.chdir.clone(),
+                env: a.env.clone(),
+            };
+            let out = run_process(&spec, env).await;
+            let mut o = match out {
+                Ok(p) => {
+                    let mut o = if p.stopped {
+                        ModuleOutput::failed("stopped")
+                    } else if p.rc == Some(0) {
+                        ModuleOutput::changed("")
+                    } else {
+                        ModuleOutput::failed(match p.rc {
+                            Some(rc) => format!("non-zero return code {rc}"),
+                            None => "killed by a signal".to_string(),
+                        })
+                    };
+                    o.rc = p.rc;
+                    o.stdout = p.stdout;
+                    o.stderr = p.stderr;
+                    o.stopped = p.stopped;
+                    o
+                }
+                Err(e) => ModuleOutput::failed(format!("cannot run `{}`: {e}", a.argv[0])),
+            };
+            if o.msg.is_empty() {
+                o.msg = "rc=0".into();
+            }
+            o
+        }
+        ModuleArgs::GetUrl(a) => net::get_url(a, env).await,
+        ModuleArgs::HttpCheck(a) => net::http_check(a, env).await,
+        ModuleArgs::WaitFor(a) => net::wait_for(a, env).await,
+        ModuleArgs::Unarchive(a) => unarchive::run(a, env).await,
+        ModuleArgs::Copy(a) => files::copy(a, env).await,
+        ModuleArgs::Template(a) => files::template(a, env).await,
+        ModuleArgs::File(a) => files::file(a, env).await,
+        ModuleArgs::Systemd(a) => systemd::run(a, env).await,
+        ModuleArgs::Pause(d) => {
+            tokio::time::sleep(*d).await;
+            ModuleOutput::ok(format!("paused {}", humantime::format_duration(*d)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(module: &str, args: Value, expected: Result<ModuleArgs, &str>) {
+        let got = ModuleArgs::parse(module, &args);
+        match (got, expected) {
+            (Ok(g), Ok(e)) => assert_eq!(g, e),
+            (Err(g), Err(e)) => assert!(g.contains(e), "{g} !~ {e}"),
+            (g, e) => panic!("{module} {args}: got {g:?}, expected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_args() {
+        let cmd = |argv: &[&str]| CommandArgs {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            chdir: None,
+            env: vec![],
+            creates: None,
+        };
+        check(
+            "command",
+            json!("echo 'a b' c"),
+            Ok(ModuleArgs::Command(cmd(&["echo", "a b", "c"]))),
+        );
+        check(
+            "command",
+            json!(["ls", "-l"]),
+            Ok(ModuleArgs::Command(cmd(&["ls", "-l"]))),
+        );
+        check(
+            "shell",
+            json!("echo $HOME | wc"),
+            Ok(ModuleArgs::Shell(cmd(&[
+                "/bin/sh",
+                "-c",
+                "echo $HOME | wc",
+            ]))),
+        );
+        check(
+            "command",
+            json!({"cmd": "x", "bogus": 1}),
+            Err("unknown argument `bogus`"),
+        );
+        check(
+            "pause",
+            json!("1s"),
+            Ok(ModuleArgs::Pause(Duration::from_secs(1))),
+        );
+        check(
+            "pause",
+            json!({"seconds": 2}),
+            Ok(ModuleArgs::Pause(Duration::from_secs(2))),
+        );
+        check(
+            "file",
+            json!({"path": "/x", "state": "link"}),
+            Err("`src` is required"),
+        );
+        check("copy", json!({"dest": "/x"}), Err("exactly one of"));
+        check(
+            "wait_for",
+            json!({"port": "http"}),
+            Err("`port` must be a number"),
+        );
+        check(
+            "copy",
+            json!({"dest": "/x", "content": "", "mode": "0999"}),
+            Err("octal"),
+        );
+        check(
+            "systemd",
+            json!({"state": "started"}),
+            Err("`name` is required"),
+        );
+    }
+
+    #[test]
+    fn modes_and_words() {
+        assert_eq!(parse_mode("0644").unwrap(), 0o644);
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+        assert!(parse_mode("rw").is_err());
+        assert_eq!(split_words(r#"a "b c" d\ e"#).unwrap(), ["a", "b c", "d e"]);
+        assert!(split_words("'x").is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! `unarchive`: tar.gz into a directory, refusing anything that escapes it.
+//!
+//! The archive is unpacked into a fresh temporary directory next to `dest`
+//! and renamed into place only when every entry passed, so a refused or
+//! broken archive leaves nothing at `dest`. Refused: absolute paths, `..`
+//! components, symlinks whose target leaves the tree, hard links to paths
+//! outside it, entries written through a symlink, device nodes and fifos.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::{ModuleOutput, TaskEnv, UnarchiveArgs};
+
+/// A refused or failed extraction.
+type Refusal = String;
+
+/// The entry path as a safe relative path, after dropping `strip` leading
+/// components (None when nothing is left).
+fn safe_relative(raw: &Path, strip: usize) -> Result<Option<PathBuf>, Refusal> {
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("entry `{}` contains `..`", raw.display())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("entry `{}` is an absolute path", raw.display()))
+            }
+        }
+    }
+    if parts.len() <= strip {
+        return Ok(None);
+    }
+    Ok(Some(parts[strip..].iter().collect()))
+}
+
+/// Whether a symlink at `rel` pointing to `target` stays inside the tree,
+/// judged lexically.
+fn link_stays_inside(rel: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: Vec<&std::ffi::OsStr> = rel
+        .parent()
+        .map(|p| {
+            p.components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => depth.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Refuses writing through a symlink that an earlier entry created.
+fn no_symlink_on_the_way(root: &Path, rel: &Path) -> Result<(), Refusal> {
+    let mut p = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        p.push(c);
+        if let Ok(m) = fs::symlink_metadata(&p) {
+            if m.file_type().is_symlink() {
+                return Err(format!(
+                    "entry `{}` would be written through the symlink `{}`",
+                    rel.display(),
+                    p.strip_prefix(root).unwrap_or(&p).display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prepare(root: &Path, rel: &Path) -> Result<PathBuf, Refusal> {
+    no_symlink_on_the_way(root, rel)?;
+    let target = root.join(rel);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    if let Ok(m) = fs::symlink_metadata(&target) {
+        if !m.is_dir() {
+            let _ = fs::remove_file(&target);
+        }
+    }
+    Ok(target)
+}
+
+/// Unpacks `src` (tar.gz) into the fresh directory `root`; returns entries unpacked.
+pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize, Refusal> {
+    let file = fs::File::open(src).map_err(|e| format!("opening {}: {e}", src.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    archive.set_preserve_permissions(false);
+    let mut count = 0;
+    let bad = |e: std::io::Error| format!("reading {}: {e}", src.display());
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path().map_err(bad)?.into_owned();
+        let Some(rel) = safe_relative(&raw, strip)? else {
+            continue;
+        };
+        let kind = entry.header().entry_type();
+        match kind {
+            EntryType::Directory => {
+                no_symlink_on_the_way(root, &rel)?;
+                fs::create_dir_all(root.join(&rel))
+                    .map_err(|e| format!("mkdir {}: {e}", rel.display()))?;
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let target = prepare(root, &rel)?;
+                entry
+                    .unpack(&target)
+                    .map_err(|e| format!("unpacking {}: {e}", rel.display()))?;
+            }
+            EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| format!("symlink `{}` has no target", raw.display()))?
+                    .into_owned();
+                if !link_stays_inside(&rel, &link) {
+                    return Err(format!(
+                        "symlink `{}` points outside the destination (`{}`)",
+                        raw.display(),
+                        link.display()
+                    ));
+                }
+                let target = prepare(root, &rel)?;
+                std::os::unix::fs::symlink(&link, &target)
+                    .map_err(|e| format!("symlink {}: {e}", rel.display()))?;
+            }
+            EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| format!("hard link `{}` has no target", raw.display()))?
+                    .into_owned();
+                let Some(link_rel) = safe_relative(&link, strip).map_err(|e| {
+                    format!(
+                        "hard link `{}` points outside the destination: {e}",
+                        raw.display()
+                    )
+                })?
+                else {
+                    return Err(format!("hard link `{}` has an empty target", raw.display()));
+                };
+                no_symlink_on_the_way(root, &link_rel)?;
+                let existing = root.join(&link_rel);
+                match fs::symlink_metadata(&existing) {
+                    Ok(m) if m.is_file() => {}
+                    _ => {
+                        return Err(format!(
+                            "hard link `{}` must point at a regular file unpacked before it",
+                            raw.display()
+                        ))
+                    }
+                }
+                let target = prepare(root, &rel)?;
+                fs::hard_link(&existing, &target)
+                    .map_err(|e| format!("hard link {}: {e}", rel.display()))?;
+            }
+            EntryType::XGlobalHeader | EntryType::XHeader => continue,
+            other => {
+                return Err(format!(
+                    "entry `{}` has unsupported type {other:?}",
+                    raw.display()
+                ))
+            }
+        }
+        count += 1;
+    }
+    check_links_resolve_inside(root)?;
+    Ok(count)
+}
+
+/// Second line of defence: links that resolve (through other links) to a
+/// place outside the tree are refused even when each looked fine alone.
+fn check_links_resolve_inside(root: &Path) -> Result<(), Refusal> {
+    let croot = fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_symlink() {
+                if let Ok(real) = fs::canonicalize(&p) {
+                    if !real.starts_with(&croot) {
+                        return Err(format!(
+                            "symlink `{}` resolves outside the destination",
+                            p.strip_prefix(root).unwrap_or(&p).display()
+                        ));
+                    }
+                }
+            } else if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn extract(src: &Path, dest: &Path, strip: usize, force: bool) -> Result<Option<usize>, Refusal> {
+    if dest.is_dir() && !force {
+        return Ok(None);
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".vesemir-unpack-")
+        .tempdir_in(parent)
+        .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
+    let count = unpack_into(src, tmp.path(), strip)?;
+    // tempdir makes 0700; a release directory is normally world-readable.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
+    let staged = tmp.keep();
+    let old = parent.join(format!(".vesemir-old-{}", uuid::Uuid::new_v4().simple()));
+    let replacing = dest.exists();
+    if replacing {
+        fs::rename(dest, &old).map_err(|e| format!("moving {} aside: {e}", dest.display()))?;
+    }
+    if let Err(e) = fs::rename(&staged, dest) {
+        let _ = fs::remove_dir_all(&staged);
+        if replacing {
+            let _ = fs::rename(&old, dest);
+        }
+        return Err(format!("renaming into {}: {e}", dest.display()));
+    }
+    if replacing {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(Some(count))
+}
+
+/// `unarchive` module.
+pub(crate) async fn run(a: &UnarchiveArgs, env: &TaskEnv<'_>) -> ModuleOutput {
+    let src = env.resolve(&a.src);
+    let dest = a.dest.clone();
+    let (strip, force) = (a.strip_components, a.force);
+    let r = tokio::task::spawn_blocking(move || extract(&src, &dest, strip, force)).await;
+    match r {
+        Ok(Ok(None)) => ModuleOutput::ok(format!("{} already exists", a.dest.display())),
+        Ok(Ok(Some(n))) => {
+            env.log(format!("unpacked {n} entries into {}", a.dest.display()))
+                .await;
+            ModuleOutput::changed(format!("unpacked into {}", a.dest.display()))
+        }
+        Ok(Err(e)) => ModuleOutput::failed(format!("refused/failed: {e}")),
+        Err(e) => ModuleOutput::failed(format!("unpacking task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let ok = |s: &str, strip: usize| safe_relative(Path::new(s), strip).unwrap();
+        assert_eq!(ok("a/./b", 0), Some(PathBuf::from("a/b")));
+        assert_eq!(ok("top/a", 1), Some(PathBuf::from("a")));
+        assert_eq!(ok("top", 1), None);
+        assert!(safe_relative(Path::new("a/../../x"), 0).is_err());
+        assert!(safe_relative(Path::new("/etc/passwd"), 0).is_err());
+    }
+
+    #[test]
+    fn link_targets() {
+        let inside = |rel: &str, t: &str| link_stays_inside(Path::new(rel), Path::new(t));
+        assert!(inside("a/b", "c"));
+        assert!(inside("a/b", "../c"));
+        assert!(!inside("a/b", "../../c"));
+        assert!(!inside("b", "/etc"));
+        assert!(inside("a/b", "./x/../y"));
+    }
+}
