@@ -232,6 +232,13 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> 
         )
     })?;
     let top = loc(path, 0, 0);
+    // serde_json's map is sorted here; vars may build on earlier ones, so
+    // take them from the (ordered) YAML mapping first.
+    let mut root = root;
+    let ordered_vars = match &mut root {
+        serde_norway::Value::Mapping(m) => m.remove("vars"),
+        _ => None,
+    };
     let root = yaml_to_json(root).map_err(|m| invalid(top.clone(), m))?;
     let Value::Object(mut root) = root else {
         return Err(invalid(
@@ -245,7 +252,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> 
             .unwrap_or_else(|| top.clone())
     };
     for k in root.keys() {
-        if !["name", "vars", "requires", "tasks"].contains(&k.as_str()) {
+        if !["name", "requires", "tasks"].contains(&k.as_str()) {
             return Err(invalid(
                 key_loc(k),
                 format!("unknown playbook key `{k}` (expected name, vars, requires, tasks)"),
@@ -261,9 +268,18 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> 
         Some(_) => return Err(invalid(key_loc("name"), "`name` must be a string")),
     };
     let vars_line = src.top_key("vars");
-    let raw_vars: Vec<(String, Value)> = match root.remove("vars") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(m)) => m.into_iter().collect(),
+    let raw_vars: Vec<(String, Value)> = match ordered_vars {
+        None | Some(serde_norway::Value::Null) => Vec::new(),
+        Some(serde_norway::Value::Mapping(m)) => {
+            let mut out = Vec::new();
+            for (k, v) in m {
+                let serde_norway::Value::String(k) = k else {
+                    return Err(invalid(key_loc("vars"), "variable names must be strings"));
+                };
+                out.push((k, yaml_to_json(v).map_err(|e| invalid(key_loc("vars"), e))?));
+            }
+            out
+        }
         Some(_) => return Err(invalid(key_loc("vars"), "`vars` must be a mapping")),
     };
     let mut vars = Vec::new();
@@ -696,12 +712,14 @@ pub(crate) fn check(
     for (name, l) in &pb.requires {
         if !request.contains_key(name) {
             match mode {
-                CheckMode::Run => return Err(invalid(
-                    l.clone(),
-                    format!(
+                CheckMode::Run => {
+                    return Err(invalid(
+                        l.clone(),
+                        format!(
                         "required variable `{name}` was not given (pass it with --var {name}=…)"
                     ),
-                )),
+                    ))
+                }
                 CheckMode::Lint => {
                     ctx.insert(name.clone(), Value::String(format!("<{name}>")));
                 }
@@ -818,6 +836,17 @@ mod tests {
                 "for {text:?}\n got: {got}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn vars_build_on_earlier_vars_in_order() {
+        check_text("vars:\n  zz: /srv\n  aa: \"{{ zz }}/x\"\ntasks:\n  - command: ls {{ aa }}\n")
+            .unwrap();
+        let e = check_text("vars:\n  aa: \"{{ zz }}/x\"\n  zz: /srv\ntasks: []\n").unwrap_err();
+        assert!(
+            e.contains("pb.yml:2:3: var `aa`: undefined variable `zz`"),
+            "{e}"
+        );
     }
 
     #[test]
