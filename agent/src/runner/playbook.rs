@@ -612,11 +612,15 @@ pub(crate) fn render_str(
     let tmpl = env
         .template_from_str(s)
         .map_err(|e| format!("template `{s}`: {}", describe(&e)))?;
-    if let Some(name) = first_undefined(tmpl.undeclared_variables(true), ctx) {
-        return Err(format!("undefined variable `{name}` in `{s}`"));
-    }
-    tmpl.render(ctx)
-        .map_err(|e| format!("template `{s}`: {}", describe(&e)))
+    tmpl.render(ctx).map_err(|e| {
+        // Name the culprit when minijinja only says "undefined value".
+        match first_undefined(tmpl.undeclared_variables(true), ctx) {
+            Some(name) if e.kind() == minijinja::ErrorKind::UndefinedError => {
+                format!("undefined variable `{name}` in `{s}`")
+            }
+            _ => format!("template `{s}`: {}", describe(&e)),
+        }
+    })
 }
 
 /// Evaluates a `when`-style expression to a boolean.
@@ -633,12 +637,14 @@ pub(crate) fn eval_bool(
     let e = env
         .compile_expression(inner)
         .map_err(|e| format!("expression `{expr}`: {}", describe(&e)))?;
-    if let Some(name) = first_undefined(e.undeclared_variables(true), ctx) {
-        return Err(format!("undefined variable `{name}` in `{expr}`"));
-    }
-    e.eval(ctx)
-        .map(|v| v.is_true())
-        .map_err(|e| format!("expression `{expr}`: {}", describe(&e)))
+    e.eval(ctx).map(|v| v.is_true()).map_err(|err| {
+        match first_undefined(e.undeclared_variables(true), ctx) {
+            Some(name) if err.kind() == minijinja::ErrorKind::UndefinedError => {
+                format!("undefined variable `{name}` in `{expr}`")
+            }
+            _ => format!("expression `{expr}`: {}", describe(&err)),
+        }
+    })
 }
 
 /// The first dotted name not satisfied by the context (fields of registered
