@@ -217,12 +217,20 @@ async fn serve(mut stream: TcpStream, config: Arc<Config>, mut stop: watch::Rece
             }
             let mut chunk = [0u8; 4096];
             let n = if buf.is_empty() {
-                if *stop.borrow() {
-                    return;
-                }
-                tokio::select! {
-                    n = stream.read(&mut chunk) => n,
-                    _ = stop.changed() => return,
+                let read = if *stop.borrow() {
+                    None
+                } else {
+                    tokio::select! {
+                        n = stream.read(&mut chunk) => Some(n),
+                        _ = stop.changed() => None,
+                    }
+                };
+                match read {
+                    Some(n) => n,
+                    // Stopping while idle: serve a request already in the
+                    // socket buffer (sent before the stop), else close.
+                    None if has_pending_data(&stream) => stream.read(&mut chunk).await,
+                    None => return,
                 }
             } else {
                 stream.read(&mut chunk).await
@@ -277,6 +285,23 @@ async fn serve(mut stream: TcpStream, config: Arc<Config>, mut stop: watch::Rece
             return;
         }
     }
+}
+
+/// Whether the client already sent bytes we have not read (a peek that
+/// bypasses tokio's cached readiness).
+fn has_pending_data(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a valid local buffer on an open socket.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 async fn handle(req: &Request, config: &Config) -> (u16, String) {
