@@ -96,7 +96,7 @@ pub enum Claim {
     /// The id was new; it is now recorded as running and the caller runs it.
     New,
     /// The id is known; the caller reports this record and runs nothing.
-    Existing(JournalRecord),
+    Existing(Box<JournalRecord>),
 }
 
 /// The journal of one agent.
@@ -196,7 +196,7 @@ impl Journal {
     pub fn claim<R: Serialize>(&self, job_id: &str, request: &R) -> Result<Claim, JournalError> {
         let mut guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rec) = self.read(&self.dir.join(file_name(job_id)))? {
-            return Ok(Claim::Existing(rec));
+            return Ok(Claim::Existing(Box::new(rec)));
         }
         let rec = JournalRecord {
             job_id: job_id.to_string(),

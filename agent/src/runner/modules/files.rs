@@ -164,10 +164,11 @@ pub(crate) async fn template(a: &TemplateArgs, env: &TaskEnv<'_>) -> ModuleOutpu
 /// Points `link` at `target`, atomically replacing an existing symlink.
 pub(crate) fn switch_symlink(link: &Path, target: &Path) -> Result<bool, String> {
     match fs::symlink_metadata(link) {
-        Ok(m) if m.file_type().is_symlink() => {
-            if fs::read_link(link).map(|t| t == target).unwrap_or(false) {
-                return Ok(false);
-            }
+        Ok(m)
+            if m.file_type().is_symlink()
+                && fs::read_link(link).map(|t| t == target).unwrap_or(false) =>
+        {
+            return Ok(false)
         }
         Ok(m) if m.is_dir() => {
             return Err(format!(

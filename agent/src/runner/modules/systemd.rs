@@ -80,14 +80,12 @@ pub(crate) async fn run(a: &SystemdArgs, env: &TaskEnv<'_>) -> ModuleOutput {
         }
         match a.state {
             None => {}
-            Some(UnitState::Started) => {
-                if !ask!(&["is-active", "--quiet", name]) {
-                    call!(&["start", name]);
-                }
-            }
-            Some(UnitState::Stopped) => {
-                if ask!(&["is-active", "--quiet", name]) {
-                    call!(&["stop", name]);
+            Some(want @ (UnitState::Started | UnitState::Stopped)) => {
+                let active = ask!(&["is-active", "--quiet", name]);
+                match (want, active) {
+                    (UnitState::Started, false) => call!(&["start", name]),
+                    (UnitState::Stopped, true) => call!(&["stop", name]),
+                    _ => {}
                 }
             }
             Some(UnitState::Restarted) => call!(&["restart", name]),
