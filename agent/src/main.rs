@@ -1,1 +1,160 @@
-fn main() {}
+//! `vesemir-agent`: enroll, run, and local playbook tools.
+//! Exit codes: 0 ok, 1 failure, 64 bad usage or configuration.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vesemir_agent::config::AgentConfig;
+use vesemir_agent::enroll::{enroll, EnrollError, EnrollOptions};
+
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "vesemir-agent", version, about = "vesemir agent")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this VM with a controller: generates the key here, sends a CSR and the token.
+    Enroll {
+        /// Controller HOST:PORT.
+        #[arg(long)]
+        controller: String,
+        /// Enrollment token (or set VESEMIR_ENROLL_TOKEN to keep it out of `ps`).
+        #[arg(long, env = "VESEMIR_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The controller's CA certificate (ca.pem).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// This node's name (its Chef node name).
+        #[arg(long)]
+        name: String,
+        /// Directory for key, certificate, CA, journal and agent.toml.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Enroll again even if agent.toml exists.
+        #[arg(long)]
+        force: bool,
+        /// Directory of the playbooks this agent runs.
+        #[arg(long)]
+        playbook_dir: Option<PathBuf>,
+        /// Service manager command (default systemctl).
+        #[arg(long)]
+        systemctl: Option<PathBuf>,
+        /// HAProxy admin socket on this VM.
+        #[arg(long)]
+        haproxy_socket: Option<PathBuf>,
+    },
+    /// Run the agent: hold the connection to the controller and serve jobs.
+    Run {
+        /// Path to agent.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Enroll {
+            controller,
+            token,
+            ca_cert,
+            name,
+            data_dir,
+            force,
+            playbook_dir,
+            systemctl,
+            haproxy_socket,
+        } => {
+            let opts = EnrollOptions {
+                controller,
+                token,
+                ca_cert,
+                name,
+                data_dir,
+                force,
+                playbook_dir,
+                systemctl,
+                haproxy_socket,
+            };
+            match rt.block_on(enroll(opts)) {
+                Ok(path) => {
+                    println!(
+                        "enrolled; start the agent with: vesemir-agent run --config {}",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e @ (EnrollError::Usage(_) | EnrollError::AlreadyEnrolled(_))) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            tracing::info!(agent = %cfg.name, controller = %cfg.controller, "agent starting");
+            match rt.block_on(vesemir_agent::session::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

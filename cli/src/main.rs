@@ -1,1 +1,103 @@
-fn main() {}
+//! `vesemir`: the command line for developers and SREs. Parses arguments and
+//! calls the controller's HTTP API; every list/show takes `--output json`.
+
+mod agents;
+mod client;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use client::Api;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vesemir", version, about = "Deploy changesets to fleets of VMs")]
+struct Cli {
+    /// Controller API URL (else VESEMIR_URL, VESEMIR_CONFIG, ~/.config/vesemir/cli.toml).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// API token (else VESEMIR_TOKEN or the config file).
+    #[arg(long, global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format of list/show commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrollment tokens.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+    /// The fleet of agents.
+    Agents {
+        #[command(subcommand)]
+        cmd: agents::AgentsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create an enrollment token; prints the token alone on stdout.
+    Create {
+        /// Lifetime (e.g. 1h, 30m).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Number of enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = || Api::discover(cli.url.clone(), cli.token.clone());
+    match cli.command {
+        Command::Tokens {
+            cmd: TokensCmd::Create { ttl, uses },
+        } => {
+            let api = api()?;
+            let v: serde_json::Value = api
+                .json(
+                    api.req(reqwest::Method::POST, "/v1/tokens")
+                        .json(&serde_json::json!({"ttl": ttl, "uses": uses})),
+                )
+                .await?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "token {} allows {} enrollment(s), expires {}",
+                v["id"].as_str().unwrap_or_default(),
+                v["uses"],
+                v["expires_at"].as_str().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents { cmd } => agents::run(&api()?, cmd).await,
+    }
+}

@@ -113,6 +113,19 @@ async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) 
     }
 }
 
+/// Maps a JSON body rejection: 413 stays 413, everything else is a 422
+/// whose message names what serde could not accept.
+pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        );
+    }
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
+}
+
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.role == "admin" {
         Ok(())
@@ -221,9 +234,7 @@ async fn create_token(
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     require_admin(&caller)?;
-    let Json(body) = body.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
-    })?;
+    let Json(body) = body.map_err(json_rejection)?;
     let ttl = match body.ttl.as_deref() {
         None => Duration::from_secs(3600),
         Some(s) => humantime::parse_duration(s).map_err(|e| {

@@ -176,8 +176,19 @@ pub fn endpoint(
     // A stable reset key lets a restarted controller tell agents of the dead
     // one that their connection is gone, so they reconnect at once instead
     // of waiting for the idle timeout.
+    // The connection-id generator's key must be stable too: the default one
+    // is random per process and would make the new process drop old CIDs as
+    // invalid instead of answering them with a reset.
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    let cid_key = u64::from_le_bytes(
+        ring::hmac::sign(&key, b"vesemir cid generator").as_ref()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     quinn::Endpoint::new(
         endpoint_config,
         Some(config),

@@ -2,3 +2,4 @@
 //! its own temp dir with free ports, so tests can run in parallel.
 pub mod goiardi;
 pub mod haproxy;
+pub mod fleet;

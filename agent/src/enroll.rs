@@ -1,0 +1,146 @@
+//! `vesemir-agent enroll`: key generated here, CSR + token sent to the
+//! controller over TLS that verifies the controller against the given CA;
+//! key (0600), certificate, CA and agent.toml written on success.
+
+use crate::config::{split_host_port, AgentConfig};
+use crate::identity::{enroll_tls, new_key_and_csr, write_atomic, IdentityError};
+use crate::wire::{read_frame, write_frame};
+use std::path::PathBuf;
+use std::time::Duration;
+use vesemir_protocol::enroll::{EnrollRequest, EnrollResponse};
+use vesemir_protocol::PROTOCOL_VERSION;
+
+/// What enrollment needs.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    /// Controller `HOST:PORT`.
+    pub controller: String,
+    /// Enrollment token (secret).
+    pub token: String,
+    /// CA certificate file to verify the controller with.
+    pub ca_cert: PathBuf,
+    /// Node name.
+    pub name: String,
+    /// Where to write the identity and agent.toml.
+    pub data_dir: PathBuf,
+    /// Overwrite an existing enrollment.
+    pub force: bool,
+    /// Settings copied into agent.toml.
+    pub playbook_dir: Option<PathBuf>,
+    /// Service manager command for agent.toml.
+    pub systemctl: Option<PathBuf>,
+    /// HAProxy admin socket for agent.toml.
+    pub haproxy_socket: Option<PathBuf>,
+}
+
+/// Enrollment failures, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Already enrolled.
+    #[error("{0} already exists: this node is enrolled; pass --force to enroll again")]
+    AlreadyEnrolled(PathBuf),
+    /// Files and TLS material.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Could not reach the controller.
+    #[error("cannot reach the controller at {addr}: {reason}")]
+    Connect {
+        /// Address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The controller said no.
+    #[error("enrollment refused by the controller: {0}")]
+    Refused(String),
+}
+
+/// Enrolls and writes the agent's files. Returns the path of agent.toml.
+pub async fn enroll(opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
+    let (host, port) = split_host_port(&opts.controller).ok_or_else(|| {
+        EnrollError::Usage(format!(
+            "--controller {:?} is not HOST:PORT",
+            opts.controller
+        ))
+    })?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| IdentityError::Io {
+        path: opts.data_dir.clone(),
+        source,
+    })?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir).map_err(|source| IdentityError::Io {
+        path: opts.data_dir.clone(),
+        source,
+    })?;
+    let toml_path = data_dir.join("agent.toml");
+    if toml_path.exists() && !opts.force {
+        return Err(EnrollError::AlreadyEnrolled(toml_path));
+    }
+    let ca_pem = std::fs::read_to_string(&opts.ca_cert).map_err(|source| IdentityError::Io {
+        path: opts.ca_cert.clone(),
+        source,
+    })?;
+    let tls = enroll_tls(&ca_pem, &opts.ca_cert)?;
+    let (key_pem, csr_pem) = new_key_and_csr(&opts.name)?;
+
+    let addr = opts.controller.clone();
+    let connect_err = |reason: String| EnrollError::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| EnrollError::Usage(format!("bad controller host {host:?}: {e}")))?;
+    let resp = tokio::time::timeout(Duration::from_secs(20), async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| {
+                connect_err(format!(
+                    "TLS handshake failed ({e}); is --ca-cert the controller's ca.pem?"
+                ))
+            })?;
+        let req = EnrollRequest {
+            protocol_version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+            node: opts.name.clone(),
+            csr_pem,
+        };
+        write_frame(&mut stream, &req)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        read_frame::<EnrollResponse, _>(&mut stream)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+            .ok_or_else(|| {
+                connect_err("the controller closed the connection without answering".into())
+            })
+    })
+    .await
+    .map_err(|_| connect_err("timed out after 20s".into()))??;
+
+    let (cert_pem, ca_pem) = match resp {
+        EnrollResponse::Accepted {
+            cert_pem, ca_pem, ..
+        } => (cert_pem, ca_pem),
+        EnrollResponse::Refused { reason } => return Err(EnrollError::Refused(reason)),
+    };
+    let mut cfg = AgentConfig::new(opts.name.clone(), opts.controller.clone(), data_dir.clone());
+    if let Some(p) = opts.playbook_dir {
+        cfg.playbook_dir = p;
+    }
+    if let Some(s) = opts.systemctl {
+        cfg.systemctl = s;
+    }
+    cfg.haproxy_socket = opts.haproxy_socket;
+    write_atomic(&cfg.path(&cfg.key), key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cfg.path(&cfg.cert), cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&cfg.path(&cfg.ca_cert), ca_pem.as_bytes(), 0o644)?;
+    let text = toml::to_string_pretty(&cfg).expect("agent config serializes");
+    write_atomic(&toml_path, text.as_bytes(), 0o644)?;
+    Ok(toml_path)
+}

@@ -1,0 +1,247 @@
+//! Job streams: each job arrives on its own bidirectional stream opened by
+//! the controller; its events go back on the same stream as they happen.
+//!
+//! A job keeps running if the controller goes away mid-way (its result is in
+//! the journal for the controller to ask for by job id later).
+
+use crate::config::AgentConfig;
+use crate::haproxy::{self, HaproxyOp, HaproxyReply, State, Weight};
+use crate::journal::Journal;
+use crate::wire::{read_frame, write_frame};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vesemir_protocol::job::{
+    HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus, ServerAdminState, Stats,
+};
+
+/// Events buffered between a running job and its stream; the runner waits
+/// when the stream is slow (backpressure instead of unbounded memory).
+const EVENT_BUFFER: usize = 256;
+
+/// The agent's job dispatcher.
+pub struct Jobs {
+    cfg: AgentConfig,
+    journal: Journal,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    welcomed: AtomicBool,
+}
+
+impl Jobs {
+    /// Opens the journal (marking jobs left running by a crash interrupted).
+    pub fn new(cfg: &AgentConfig) -> Result<Jobs, crate::journal::JournalError> {
+        Ok(Jobs {
+            cfg: cfg.clone(),
+            journal: Journal::open(&cfg.journal_dir())?,
+            running: Mutex::new(HashMap::new()),
+            welcomed: AtomicBool::new(false),
+        })
+    }
+
+    /// Ids of running jobs, for heartbeats.
+    pub fn running(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .expect("running lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn set_welcomed(&self) {
+        self.welcomed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn take_welcomed(&self) -> bool {
+        self.welcomed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Serves one job stream to its end.
+    pub async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let req: JobRequest =
+            match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv)).await {
+                Ok(Ok(Some(r))) => r,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "bad job request; resetting the stream");
+                    let _ = send.reset(3u32.into());
+                    return;
+                }
+                Err(_) => {
+                    let _ = send.reset(3u32.into());
+                    return;
+                }
+            };
+        let span = tracing::info_span!("job", job_id = %req.job_id, deployment_id = req.deployment_id.as_deref().unwrap_or(""));
+        let _g = span.enter();
+        drop(_g);
+        let (tx, mut rx) = mpsc::channel::<JobEvent>(EVENT_BUFFER);
+        let forward = async {
+            // Keep draining after the stream breaks so the job never blocks
+            // on a controller that went away.
+            let mut broken = false;
+            while let Some(ev) = rx.recv().await {
+                if !broken && write_frame(&mut send, &ev).await.is_err() {
+                    broken = true;
+                    tracing::info!("controller stopped listening to this job; it continues, its result goes to the journal");
+                }
+            }
+            if !broken {
+                let _ = send.finish();
+                // Wait until the controller has read everything.
+                let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+            }
+        };
+        let work = self.run(req, tx);
+        tokio::join!(forward, work);
+    }
+
+    async fn run(&self, req: JobRequest, tx: mpsc::Sender<JobEvent>) {
+        let job_id = req.job_id.clone();
+        match req.kind {
+            JobKind::Outcome => {
+                let outcome = match self.journal.get(&job_id) {
+                    Some(rec) => rec.reported_outcome(),
+                    None => outcome(&job_id, JobStatus::Unknown, None, None),
+                };
+                let _ = tx.send(JobEvent::Finished(outcome)).await;
+            }
+            JobKind::Cancel => {
+                let token = self
+                    .running
+                    .lock()
+                    .expect("running lock")
+                    .get(&job_id)
+                    .cloned();
+                let found = token.map(|t| t.cancel()).is_some();
+                let status = if found {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::Unknown
+                };
+                let _ = tx
+                    .send(JobEvent::Finished(outcome(&job_id, status, None, None)))
+                    .await;
+            }
+            JobKind::Haproxy(actions) => {
+                let _ = tx
+                    .send(JobEvent::Started {
+                        job_id: job_id.clone(),
+                        replay: false,
+                    })
+                    .await;
+                let out = self.haproxy(&job_id, &actions).await;
+                let _ = tx.send(JobEvent::Finished(out)).await;
+            }
+            JobKind::Playbook(job) => {
+                let cancel = CancellationToken::new();
+                self.running
+                    .lock()
+                    .expect("running lock")
+                    .insert(job_id.clone(), cancel.clone());
+                // TEMP-WIRE: runner lands from the runner work.
+                let _ = (&job, cancel);
+                let _ = tx
+                    .send(JobEvent::Finished(outcome(
+                        &job_id,
+                        JobStatus::Failed,
+                        Some("runner not wired".into()),
+                        None,
+                    )))
+                    .await;
+                self.running.lock().expect("running lock").remove(&job_id);
+            }
+        }
+    }
+
+    async fn haproxy(&self, job_id: &str, actions: &[HaproxyAction]) -> JobOutcome {
+        let Some(socket) = &self.cfg.haproxy_socket else {
+            return outcome(
+                job_id,
+                JobStatus::Failed,
+                Some(format!(
+                    "agent {} has no haproxy_socket in its agent.toml; set it to HAProxy's admin socket",
+                    self.cfg.name
+                )),
+                None,
+            );
+        };
+        let mut replies = Vec::new();
+        for action in actions {
+            let op = to_op(action);
+            match haproxy::execute(socket, &op, haproxy::DEFAULT_TIMEOUT).await {
+                Ok(reply) => replies.push(reply),
+                Err(e) => {
+                    return outcome(
+                        job_id,
+                        JobStatus::Failed,
+                        Some(e.to_string()),
+                        serde_json::to_string(&replies).ok(),
+                    )
+                }
+            }
+        }
+        outcome(
+            job_id,
+            JobStatus::Succeeded,
+            None,
+            serde_json::to_string::<Vec<HaproxyReply>>(&replies).ok(),
+        )
+    }
+}
+
+fn to_op(a: &HaproxyAction) -> HaproxyOp {
+    match a.clone() {
+        HaproxyAction::SetState {
+            backend,
+            server,
+            state,
+        } => HaproxyOp::SetState {
+            backend,
+            server,
+            state: match state {
+                ServerAdminState::Ready => State::Ready,
+                ServerAdminState::Drain => State::Drain,
+                ServerAdminState::Maint => State::Maint,
+            },
+        },
+        HaproxyAction::SetWeight {
+            backend,
+            server,
+            percent,
+        } => HaproxyOp::SetWeight {
+            backend,
+            server,
+            weight: Weight::Percent(percent),
+        },
+        HaproxyAction::WaitDrained {
+            backend,
+            server,
+            degradation_ms,
+        } => HaproxyOp::WaitDrained {
+            backend,
+            server,
+            degradation_ms,
+            poll_ms: 100,
+        },
+        HaproxyAction::ServersState { backend } => HaproxyOp::ServersState { backend },
+    }
+}
+
+fn outcome(
+    job_id: &str,
+    status: JobStatus,
+    error: Option<String>,
+    output: Option<String>,
+) -> JobOutcome {
+    JobOutcome {
+        job_id: job_id.to_string(),
+        status,
+        stats: Stats::default(),
+        error,
+        output,
+    }
+}

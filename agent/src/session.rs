@@ -1,0 +1,328 @@
+//! The agent's session: one QUIC connection to the controller, kept up with
+//! exponential backoff and full jitter; heartbeats with facts; certificate
+//! renewal at 2/3 of its lifetime over the live connection; job streams
+//! served as they arrive.
+
+use crate::config::AgentConfig;
+use crate::identity::{self, Identity};
+use crate::jobs::Jobs;
+use crate::wire::{read_frame, write_frame};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use vesemir_protocol::control::{AgentMessage, CloseReason, ControllerMessage};
+use vesemir_protocol::handshake::{check_version, Hello, Welcome};
+use vesemir_protocol::PROTOCOL_VERSION;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// We were asked to stop.
+    Shutdown,
+    /// The controller closed with a reason.
+    Closed(CloseReason),
+    /// Our certificate was refused as revoked at the handshake.
+    RefusedRevoked,
+    /// Anything else (network, timeouts, bad peer); retry with backoff.
+    Lost(String),
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(cap, base·2^attempt)].
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(cap)
+        .min(cap);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::random::<u64>() % (ms + 1)
+    })
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let jobs = Arc::new(Jobs::new(&cfg).map_err(|e| e.to_string())?);
+    let (host, port) = cfg
+        .controller_host_port()
+        .ok_or_else(|| format!("controller {:?} is not HOST:PORT", cfg.controller))?;
+    let server_name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
+    tokio::pin!(shutdown);
+    let mut attempt: u32 = 0;
+    loop {
+        let end = tokio::select! {
+            end = session(&cfg, &host, port, &server_name, &jobs) => end,
+            _ = &mut shutdown => SessionEnd::Shutdown,
+        };
+        let delay = match &end {
+            SessionEnd::Shutdown => {
+                tracing::info!("stopping");
+                return Ok(());
+            }
+            SessionEnd::Closed(CloseReason::Revoked) | SessionEnd::RefusedRevoked => {
+                tracing::error!(
+                    "the controller revoked this agent's certificate; backing off to {:?}. \
+                     Re-enroll with a new token if this is wrong.",
+                    cfg.reconnect_cap
+                );
+                attempt = 31;
+                cfg.reconnect_cap
+            }
+            SessionEnd::Closed(CloseReason::VersionMismatch) => {
+                tracing::error!("protocol version mismatch: upgrade the agent or the controller so both run the same release");
+                attempt = 31;
+                cfg.reconnect_cap
+            }
+            SessionEnd::Closed(r) => {
+                tracing::warn!(reason = r.text(), "controller closed the connection");
+                if *r == CloseReason::Shutdown {
+                    attempt = 0;
+                }
+                let d = backoff(cfg.reconnect_base, cfg.reconnect_cap, attempt);
+                attempt = attempt.saturating_add(1);
+                d
+            }
+            SessionEnd::Lost(why) => {
+                tracing::warn!(reason = %why, "connection lost");
+                let d = backoff(cfg.reconnect_base, cfg.reconnect_cap, attempt);
+                attempt = attempt.saturating_add(1);
+                d
+            }
+        };
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        // A session that got as far as the welcome resets the backoff.
+        if jobs.take_welcomed() {
+            attempt = 0;
+        }
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| format!("resolving {host} timed out"))?
+    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    addrs.next().ok_or_else(|| format!("{host} has no address"))
+}
+
+fn is_revoked_alert(e: &quinn::ConnectionError) -> bool {
+    // rustls sends the TLS alert certificate_revoked (44); QUIC carries TLS
+    // alerts as CRYPTO_ERROR 0x100 + alert.
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::crypto(44)
+        }
+        _ => false,
+    }
+}
+
+fn end_of(e: &quinn::ConnectionError) -> SessionEnd {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            match CloseReason::from_code(c.error_code.into_inner()) {
+                Some(r) => SessionEnd::Closed(r),
+                None => SessionEnd::Lost(e.to_string()),
+            }
+        }
+        _ if is_revoked_alert(e) => SessionEnd::RefusedRevoked,
+        _ => SessionEnd::Lost(e.to_string()),
+    }
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    host: &str,
+    port: u16,
+    server_name: &str,
+    jobs: &Arc<Jobs>,
+) -> SessionEnd {
+    let ident: Identity = match identity::load(cfg) {
+        Ok(i) => i,
+        Err(e) => return SessionEnd::Lost(format!("cannot load identity: {e}")),
+    };
+    let addr = match resolve(host, port).await {
+        Ok(a) => a,
+        Err(e) => return SessionEnd::Lost(e),
+    };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("addr")
+    } else {
+        "0.0.0.0:0".parse().expect("addr")
+    };
+    let mut endpoint = match quinn::Endpoint::client(bind) {
+        Ok(e) => e,
+        Err(e) => return SessionEnd::Lost(format!("cannot open UDP socket: {e}")),
+    };
+    let crypto = match quinn::crypto::rustls::QuicClientConfig::try_from(ident.tls.clone()) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Lost(format!("TLS config: {e}")),
+    };
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("idle timeout"),
+        ))
+        .max_concurrent_bidi_streams(64u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    client.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client);
+
+    let connecting = match endpoint.connect(addr, server_name) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Lost(format!("cannot connect: {e}")),
+    };
+    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
+        Err(_) => return SessionEnd::Lost("handshake timed out".into()),
+        Ok(Err(e)) => return end_of(&e),
+        Ok(Ok(c)) => c,
+    };
+    let end = serve_connection(cfg, &conn, &ident, jobs).await;
+    if let SessionEnd::Shutdown = end {
+        conn.close(CloseReason::Shutdown.code().into(), b"agent stopping");
+    }
+    // Let the close frame go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    end
+}
+
+async fn serve_connection(
+    cfg: &AgentConfig,
+    conn: &quinn::Connection,
+    ident: &Identity,
+    jobs: &Arc<Jobs>,
+) -> SessionEnd {
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        node: cfg.name.clone(),
+    };
+    let opened = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| end_of(&e))?;
+        write_frame(&mut send, &hello)
+            .await
+            .map_err(|e| SessionEnd::Lost(e.to_string()))?;
+        match read_frame::<Welcome, _>(&mut recv).await {
+            Ok(Some(w)) => Ok((send, recv, w)),
+            Ok(None) => Err(conn.close_reason().map(|e| end_of(&e)).unwrap_or_else(|| {
+                SessionEnd::Lost("controller closed the control stream".into())
+            })),
+            Err(e) => Err(conn
+                .close_reason()
+                .map(|e| end_of(&e))
+                .unwrap_or_else(|| SessionEnd::Lost(e.to_string()))),
+        }
+    })
+    .await;
+    let (mut send, mut recv, welcome) = match opened {
+        Err(_) => return SessionEnd::Lost("no welcome from the controller within 10s".into()),
+        Ok(Err(end)) => return end,
+        Ok(Ok(x)) => x,
+    };
+    if let Err(e) = check_version(welcome.protocol_version, false) {
+        tracing::error!(error = %e, "refusing controller");
+        conn.close(
+            CloseReason::VersionMismatch.code().into(),
+            b"version mismatch",
+        );
+        return SessionEnd::Closed(CloseReason::VersionMismatch);
+    }
+    jobs.set_welcomed();
+    tracing::info!(
+        controller = %conn.remote_address(),
+        controller_version = %welcome.controller_version,
+        heartbeat_secs = welcome.heartbeat_secs,
+        "connected"
+    );
+
+    let interval = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Renew at 2/3 of the certificate's lifetime.
+    let mut renew_at = ident.not_before + (ident.not_after - ident.not_before) * 2 / 3;
+    let mut pending_key: Option<String> = None;
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let facts = crate::facts::collect(&cfg.data_dir, jobs.running());
+                if let Err(e) = write_frame(&mut send, &AgentMessage::Heartbeat(facts)).await {
+                    return conn.close_reason().map(|e| end_of(&e)).unwrap_or(SessionEnd::Lost(e.to_string()));
+                }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                if pending_key.is_none() && now >= renew_at {
+                    match identity::new_key_and_csr(&cfg.name) {
+                        Ok((key, csr_pem)) => {
+                            tracing::info!("certificate at 2/3 of its lifetime; renewing");
+                            if write_frame(&mut send, &AgentMessage::RenewRequest { csr_pem }).await.is_ok() {
+                                pending_key = Some(key);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot create renewal request"),
+                    }
+                }
+            }
+            msg = read_frame::<ControllerMessage, _>(&mut recv) => match msg {
+                Ok(Some(ControllerMessage::Renewed { cert_pem })) => {
+                    if let Some(key) = pending_key.take() {
+                        match identity::install_renewed(cfg, &key, &cert_pem) {
+                            Ok(()) => {
+                                tracing::info!("certificate renewed; used from the next connection on");
+                                if let Some((nb, na)) = identity::validity(&cert_pem) {
+                                    renew_at = nb + (na - nb) * 2 / 3;
+                                }
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot install renewed certificate"),
+                        }
+                    }
+                }
+                Ok(Some(ControllerMessage::RenewRefused { reason })) => {
+                    tracing::warn!(%reason, "renewal refused");
+                    pending_key = None;
+                }
+                Ok(None) | Err(_) => {
+                    return conn.close_reason().map(|e| end_of(&e))
+                        .unwrap_or_else(|| SessionEnd::Lost("control stream ended".into()));
+                }
+            },
+            stream = conn.accept_bi() => match stream {
+                Ok((s, r)) => {
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move { jobs.serve_stream(s, r).await });
+                }
+                Err(e) => return end_of(&e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..40 {
+            let ceiling = Duration::from_secs(1u64 << attempt.min(6)).min(cap);
+            for _ in 0..50 {
+                assert!(backoff(base, cap, attempt) <= ceiling);
+            }
+        }
+        // Full jitter spreads reconnects: not all the same value.
+        let samples: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(base, cap, 10)).collect();
+        assert!(samples.len() > 10);
+    }
+}

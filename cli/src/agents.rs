@@ -1,0 +1,190 @@
+//! `vesemir agents …`: fleet health for SREs.
+
+use crate::client::Api;
+use crate::Output;
+use anyhow::Result;
+use clap::Subcommand;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde_json::Value;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum AgentsCmd {
+    /// List agents: state, version, last seen, load, address.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one agent with its facts and certificate.
+    Show {
+        /// Node name.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Revoke an agent: its connection closes and reconnects are refused.
+    Revoke {
+        /// Node name.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// "12s ago", "3m ago", "2h ago", "4d ago".
+pub fn ago(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+fn load(v: &Value) -> String {
+    v["facts"]["load"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(Value::as_f64)
+        .map(|l| format!("{l:.2}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON value serializes")
+    );
+}
+
+fn print_agent(a: &Value) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let last = a["last_seen_secs_ago"]
+        .as_i64()
+        .map(ago)
+        .unwrap_or_else(|| "never".into());
+    let rows: Vec<(&str, String)> = vec![
+        ("name", s(&a["name"]).into()),
+        ("state", s(&a["state"]).into()),
+        ("version", s(&a["version"]).into()),
+        ("last seen", format!("{last} ({})", s(&a["last_seen"]))),
+        ("address", s(&a["remote_addr"]).into()),
+        ("first seen", s(&a["first_seen"]).into()),
+        ("hostname", s(&a["facts"]["hostname"]).into()),
+        ("os", s(&a["facts"]["os"]).into()),
+        ("kernel", s(&a["facts"]["kernel"]).into()),
+        ("uptime", a["facts"]["uptime_secs"].as_u64().map(|u| format!("{u}s")).unwrap_or("-".into())),
+        ("load", load(a)),
+        (
+            "disk free",
+            a["facts"]["disk_free_bytes"]
+                .as_u64()
+                .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or("-".into()),
+        ),
+        ("running jobs", a["facts"]["running_jobs"].as_array().map(|j| j.len().to_string()).unwrap_or("-".into())),
+        ("cert serial", s(&a["cert_serial"]).into()),
+        ("cert sha256", s(&a["cert_fingerprint"]).into()),
+        ("cert expires", s(&a["cert_not_after"]).into()),
+        ("revoked", s(&a["revoked_at"]).into()),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
+}
+
+pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
+    match cmd {
+        AgentsCmd::List { output } => {
+            let agents: Value = api
+                .json(api.req(reqwest::Method::GET, "/v1/agents"))
+                .await?;
+            if output == Output::Json {
+                print_json(&agents);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_BORDERS_ONLY);
+            t.set_header(vec!["NAME", "STATE", "VERSION", "LAST SEEN", "LOAD", "ADDRESS"]);
+            let list = agents.as_array().cloned().unwrap_or_default();
+            for a in &list {
+                t.add_row(vec![
+                    s(&a["name"]).to_string(),
+                    s(&a["state"]).to_string(),
+                    s(&a["version"]).to_string(),
+                    a["last_seen_secs_ago"]
+                        .as_i64()
+                        .map(ago)
+                        .unwrap_or_else(|| "never".into()),
+                    load(a),
+                    s(&a["remote_addr"]).to_string(),
+                ]);
+            }
+            if list.is_empty() {
+                println!("no agents enrolled yet: create a token with `vesemir tokens create` and run `vesemir-agent enroll` on a VM");
+            } else {
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentsCmd::Show { name, output } => {
+            let a: Value = api
+                .json(api.req(reqwest::Method::GET, &format!("/v1/agents/{}", enc(&name))))
+                .await?;
+            if output == Output::Json {
+                print_json(&a);
+            } else {
+                print_agent(&a);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentsCmd::Revoke { name, output } => {
+            let a: Value = api
+                .json(api.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/agents/{}/revoke", enc(&name)),
+                ))
+                .await?;
+            if output == Output::Json {
+                print_json(&a);
+            } else {
+                println!("revoked {name}: its connection is closed and reconnects are refused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ago_reads_naturally() {
+        assert_eq!(super::ago(12), "12s ago");
+        assert_eq!(super::ago(125), "2m ago");
+        assert_eq!(super::ago(7200), "2h ago");
+        assert_eq!(super::ago(3 * 86400), "3d ago");
+        assert_eq!(super::enc("a b/c"), "a%20b%2Fc");
+    }
+}
