@@ -142,18 +142,21 @@ impl Jobs {
                     .lock()
                     .expect("running lock")
                     .insert(job_id.clone(), cancel.clone());
-                // TEMP-WIRE: runner lands from the runner work.
-                let _ = (&job, cancel);
-                let _ = tx
-                    .send(JobEvent::Finished(outcome(
-                        &job_id,
-                        JobStatus::Failed,
-                        Some("runner not wired".into()),
-                        None,
-                    )))
-                    .await;
+                let cfg = self.runner_config();
+                let _ = crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel).await;
                 self.running.lock().expect("running lock").remove(&job_id);
             }
+        }
+    }
+
+    fn runner_config(&self) -> crate::runner::RunnerConfig {
+        let facts = crate::facts::collect(&self.cfg.data_dir, Vec::new());
+        crate::runner::RunnerConfig {
+            playbook_dir: self.cfg.playbook_dir.clone(),
+            systemctl: self.cfg.systemctl.clone(),
+            facts: crate::facts::to_json(&facts),
+            default_task_timeout: self.cfg.task_timeout,
+            ..Default::default()
         }
     }
 

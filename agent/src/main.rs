@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Validate or run a playbook locally, without a controller.
+    Playbook {
+        #[command(subcommand)]
+        cmd: vesemir_agent::runner::cli::PlaybookCommand,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Playbook { cmd } => rt.block_on(vesemir_agent::runner::cli::main(cmd)),
     }
 }
 

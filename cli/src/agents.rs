@@ -24,6 +24,28 @@ pub enum AgentsCmd {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Run one playbook on one agent and show its output live.
+    Run {
+        /// Node name.
+        name: String,
+        /// Playbook shipped with the agent (e.g. restart.yml).
+        playbook: String,
+        /// Variable (repeatable).
+        #[arg(long = "var", value_name = "K=V")]
+        vars: Vec<String>,
+        /// Changeset version.
+        #[arg(long)]
+        changeset_version: Option<String>,
+        /// Changeset URL.
+        #[arg(long)]
+        changeset_url: Option<String>,
+        /// Changeset SHA-256.
+        #[arg(long)]
+        changeset_sha256: Option<String>,
+        /// Output format (json: the raw events, one per line).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Revoke an agent: its connection closes and reconnects are refused.
     Revoke {
         /// Node name.
@@ -147,6 +169,66 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        AgentsCmd::Run {
+            name,
+            playbook,
+            vars,
+            changeset_version,
+            changeset_url,
+            changeset_sha256,
+            output,
+        } => {
+            let vars = parse_vars(&vars)?;
+            let changeset = match (changeset_version, changeset_url, changeset_sha256) {
+                (None, None, None) => Value::Null,
+                (Some(v), Some(u), Some(s)) => serde_json::json!({"version": v, "url": u, "sha256": s}),
+                _ => anyhow::bail!("give all of --changeset-version, --changeset-url and --changeset-sha256, or none"),
+            };
+            let mut body = serde_json::json!({"playbook": playbook, "vars": vars});
+            if !changeset.is_null() {
+                body["changeset"] = changeset;
+            }
+            let resp = api
+                .send(
+                    api.stream_req(
+                        reqwest::Method::POST,
+                        &format!("/v1/agents/{}/run", enc(&name)),
+                    )
+                    .json(&body),
+                )
+                .await?;
+            let mut finished = None;
+            crate::live::each_line(resp, |ev| {
+                if output == Output::Json {
+                    println!("{ev}");
+                    if ev["type"] == "finished" {
+                        finished = Some(ev);
+                    }
+                    return true;
+                }
+                if let Some(fin) = crate::live::render(&name, &ev) {
+                    finished = Some(fin);
+                }
+                true
+            })
+            .await?;
+            let Some(fin) = finished else {
+                anyhow::bail!("the stream ended before the job finished: check `vesemir agents show {name}`");
+            };
+            if output != Output::Json {
+                println!();
+                println!("PLAY RECAP");
+                println!("{}", crate::live::recap(&name, &fin));
+                if let Some(err) = fin["error"].as_str() {
+                    println!("error: {err}");
+                }
+            }
+            Ok(if fin["status"] == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         AgentsCmd::Revoke { name, output } => {
             let a: Value = api
                 .json(api.req(
@@ -162,6 +244,17 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `k=v` pairs into a map.
+pub fn parse_vars(vars: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    vars.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--var {kv:?}: expected K=V"))
+        })
+        .collect()
 }
 
 /// Percent-encodes a path segment.

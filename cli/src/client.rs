@@ -83,10 +83,6 @@ impl Api {
         })
     }
 
-    /// Base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self.http.request(method, format!("{}{}", self.base, path));

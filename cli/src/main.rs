@@ -3,6 +3,7 @@
 
 mod agents;
 mod client;
+mod live;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use client::Api;

@@ -159,12 +159,17 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
         .layer(middleware::from_fn_with_state(state.clone(), timeout_layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
+    // Streams: no overall timeout (they last as long as the work does).
+    let streams = Router::new()
+        .route("/v1/agents/{name}/run", post(run_on_agent))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .merge(v1)
+        .merge(streams)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -323,4 +328,139 @@ async fn revoke_agent(
         .await?
         .ok_or_else(|| no_agent(&name))?;
     Ok(Json(state.fleet.view(agent)))
+}
+
+/// `POST /v1/agents/{name}/run` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPlaybook {
+    /// A playbook shipped with the agent (`restart.yml`, …).
+    pub playbook: String,
+    /// Variables.
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Changeset, for playbooks that install one.
+    #[serde(default)]
+    pub changeset: Option<ChangesetBody>,
+}
+
+/// A changeset in API requests.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesetBody {
+    /// Version label.
+    pub version: String,
+    /// Artifact URL.
+    pub url: String,
+    /// SHA-256 of the artifact, hex.
+    pub sha256: String,
+}
+
+/// Checks a playbook name: a plain file name of a shipped playbook.
+pub fn valid_playbook_name(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 128
+        && (p.ends_with(".yml") || p.ends_with(".yaml"))
+        && p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !p.starts_with('.')
+}
+
+/// Checks a changeset: version, http(s) URL, 64 hex digits.
+pub fn check_changeset(c: &ChangesetBody) -> Result<(), (&'static str, String)> {
+    if c.version.is_empty()
+        || c.version.len() > 128
+        || !c
+            .version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+    {
+        return Err((
+            "changeset.version",
+            "must be 1-128 characters of letters, digits, '-', '_', '.', '+'".into(),
+        ));
+    }
+    if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+        return Err(("changeset.url", "must be an http:// or https:// URL".into()));
+    }
+    if c.sha256.len() != 64 || !c.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err((
+            "changeset.sha256",
+            "must be the artifact's SHA-256 as 64 hex digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn unprocessable(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        format!("{field}: {message}"),
+    )
+}
+
+async fn run_on_agent(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<RunPlaybook>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let Json(body) = body.map_err(json_rejection)?;
+    if !valid_playbook_name(&body.playbook) {
+        return Err(unprocessable(
+            "playbook",
+            "must be the file name of a playbook shipped with the agent, e.g. restart.yml",
+        ));
+    }
+    if let Some(c) = &body.changeset {
+        check_changeset(c).map_err(|(f, m)| unprocessable(f, m))?;
+    }
+    if state.store.get_agent(&name).await?.is_none() {
+        return Err(no_agent(&name));
+    }
+    let req = vesemir_protocol::job::JobRequest {
+        job_id: uuid::Uuid::now_v7().to_string(),
+        deployment_id: None,
+        kind: vesemir_protocol::job::JobKind::Playbook(vesemir_protocol::job::PlaybookJob {
+            playbook: body.playbook.clone(),
+            vars: body.vars,
+            changeset: body.changeset.map(|c| vesemir_protocol::job::Changeset {
+                version: c.version,
+                url: c.url,
+                sha256: c.sha256,
+            }),
+        }),
+    };
+    let mut job = state.fleet.start_job(&name, &req).await.map_err(|e| match e {
+        crate::fleet::DispatchError::NotConnected(_) => {
+            ApiError::new(StatusCode::CONFLICT, "agent_not_connected", e.to_string())
+        }
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", other.to_string()),
+    })?;
+    tracing::info!(agent = %name, job_id = %req.job_id, playbook = %body.playbook, by = %caller.name, "playbook run started");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        loop {
+            let line = match job.next().await {
+                Ok(Some(ev)) => crate::events::event_json(&ev),
+                Ok(None) => break,
+                Err(e) => serde_json::json!({"type": "error", "message": e.to_string()}),
+            };
+            let stop = line["type"] == "error";
+            if tx.send(Ok(format!("{line}\n"))).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

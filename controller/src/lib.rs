@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod enroll;
+pub mod events;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;

@@ -309,10 +309,22 @@ pub struct Agent {
 impl Agent {
     /// Starts `vesemir-agent run` on an enrolled dir.
     pub fn start(dir: PathBuf, name: &str) -> Result<Agent> {
+        Agent::start_with_env::<&str>(dir, name, &[])
+    }
+
+    /// Starts an agent with extra environment (e.g. for the systemctl stand-in).
+    pub fn start_with_env<V: AsRef<std::ffi::OsStr>>(
+        dir: PathBuf,
+        name: &str,
+        env: &[(&'static str, V)],
+    ) -> Result<Agent> {
         let mut cmd = Command::new(bin("vesemir-agent"));
         cmd.args(["run", "--config"])
             .arg(dir.join("agent.toml"))
             .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let log = dir.join("agent.log");
         Ok(Agent {
             name: name.to_string(),
@@ -352,3 +364,12 @@ pub fn http_get_status(url: &str) -> Option<u16> {
             .map(|r| r.status().as_u16())
     })
 }
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+

@@ -1,0 +1,52 @@
+//! Job events as the API shows them: one JSON object per line with a `type`.
+//! API boundary: the CLI's live views read these shapes.
+
+use serde_json::{json, Value};
+use vesemir_protocol::job::{JobEvent, LogStream, TaskStatus};
+
+/// Lowercase name of a task status.
+pub fn task_status(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Ok => "ok",
+        TaskStatus::Changed => "changed",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Skipped => "skipped",
+    }
+}
+
+/// Lowercase name of a log stream.
+pub fn log_stream(s: LogStream) -> &'static str {
+    match s {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+        LogStream::Runner => "runner",
+    }
+}
+
+/// One event as JSON.
+pub fn event_json(ev: &JobEvent) -> Value {
+    match ev {
+        JobEvent::Started { job_id, replay } => {
+            json!({"type": "started", "job_id": job_id, "replay": replay})
+        }
+        JobEvent::TaskStarted { index, name } => {
+            json!({"type": "task_started", "index": index, "name": name})
+        }
+        JobEvent::Log {
+            index,
+            stream,
+            line,
+        } => json!({"type": "log", "index": index, "stream": log_stream(*stream), "line": line}),
+        JobEvent::TaskResult(r) => json!({
+            "type": "task_result", "index": r.index, "name": r.name, "module": r.module,
+            "status": task_status(r.status), "duration_ms": r.duration_ms, "rc": r.rc,
+            "msg": r.msg, "stdout_tail": r.stdout_tail, "stderr_tail": r.stderr_tail,
+        }),
+        JobEvent::Finished(o) => json!({
+            "type": "finished", "job_id": o.job_id, "status": o.status.as_str(),
+            "stats": {"ok": o.stats.ok, "changed": o.stats.changed, "failed": o.stats.failed, "skipped": o.stats.skipped},
+            "error": o.error,
+            "output": o.output.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+        }),
+    }
+}
