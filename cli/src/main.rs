@@ -1,11 +1,9 @@
 //! `vesemir`: the command line for developers and SREs. Parses arguments and
 //! calls the controller's HTTP API; every list/show takes `--output json`.
 
-mod agents;
-mod client;
-mod live;
+use vesemir_cli::{agents, client, deploy, demo};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use client::Api;
 use std::process::ExitCode;
 
@@ -22,16 +20,6 @@ struct Cli {
     command: Command,
 }
 
-/// Output format of list/show commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum Output {
-    /// Human-readable table.
-    #[default]
-    Table,
-    /// JSON.
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Enrollment tokens.
@@ -44,6 +32,17 @@ enum Command {
         #[command(subcommand)]
         cmd: agents::AgentsCmd,
     },
+    /// Roll a changeset out (follows the deployment live on a terminal).
+    Deploy(deploy::DeployArgs),
+    /// Deployments: list, show, logs, cancel.
+    Deployments {
+        #[command(subcommand)]
+        cmd: deploy::DeploymentsCmd,
+    },
+    /// Deploy the previous successful changeset of an application again.
+    Rollback(deploy::RollbackArgs),
+    /// Run the whole thing locally: a controller, agents, HAProxy, a rolling deploy.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -100,5 +99,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents { cmd } => agents::run(&api()?, cmd).await,
+        Command::Deploy(args) => deploy::deploy(&api()?, args).await,
+        Command::Deployments { cmd } => deploy::deployments(&api()?, cmd).await,
+        Command::Rollback(args) => deploy::rollback(&api()?, args).await,
+        Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -1,0 +1,27 @@
+//! The `vesemir` command line as a library: the binary parses arguments and
+//! calls into these modules; the end-to-end tests reuse [`demo`]'s local
+//! fleet builder.
+//!
+//! - [`client`]: finding the controller, HTTP calls, API errors.
+//! - [`agents`]: `vesemir agents …`.
+//! - [`live`]: rendering job events live.
+//! - [`deploy`]: `vesemir deploy`, `deployments …`, `rollback`.
+//! - [`demo`]: `vesemir demo`, and the local fleet it builds.
+pub mod agents;
+pub mod client;
+pub mod demo;
+pub mod deploy;
+pub mod live;
+
+use clap::ValueEnum;
+
+/// Output format of list/show commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+}
+
