@@ -4,6 +4,7 @@
 //!
 //! - [`client`]: finding the controller, HTTP calls, API errors.
 //! - [`agents`]: `vesemir agents …`.
+//! - [`inventory`]: `vesemir inventory resolve` and the selector flags.
 //! - [`live`]: rendering job events live.
 //! - [`deploy`]: `vesemir deploy`, `deployments …`, `rollback`.
 //! - [`demo`]: `vesemir demo`, and the local fleet it builds.
@@ -11,6 +12,7 @@ pub mod agents;
 pub mod client;
 pub mod demo;
 pub mod deploy;
+pub mod inventory;
 pub mod live;
 
 use clap::ValueEnum;

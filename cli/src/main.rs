@@ -1,7 +1,7 @@
 //! `vesemir`: the command line for developers and SREs. Parses arguments and
 //! calls the controller's HTTP API; every list/show takes `--output json`.
 
-use vesemir_cli::{agents, client, deploy, demo};
+use vesemir_cli::{agents, client, demo, deploy, inventory};
 
 use clap::{Parser, Subcommand};
 use client::Api;
@@ -31,6 +31,11 @@ enum Command {
     Agents {
         #[command(subcommand)]
         cmd: agents::AgentsCmd,
+    },
+    /// Which hosts a selector finds (Chef or the static inventory).
+    Inventory {
+        #[command(subcommand)]
+        cmd: inventory::InventoryCmd,
     },
     /// Roll a changeset out (follows the deployment live on a terminal).
     Deploy(deploy::DeployArgs),
@@ -99,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents { cmd } => agents::run(&api()?, cmd).await,
+        Command::Inventory { cmd } => inventory::run(&api()?, cmd).await,
         Command::Deploy(args) => deploy::deploy(&api()?, args).await,
         Command::Deployments { cmd } => deploy::deployments(&api()?, cmd).await,
         Command::Rollback(args) => deploy::rollback(&api()?, args).await,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Where hosts are found (None: neither Chef nor a file configured).
+    pub inventory: Option<Arc<crate::inventory::InventorySource>>,
 }
 
 /// An API error.
@@ -157,6 +159,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(show_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
+        .route("/v1/inventory/resolve", post(resolve_inventory))
         .layer(middleware::from_fn_with_state(state.clone(), timeout_layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     // Streams: no overall timeout (they last as long as the work does).
@@ -463,4 +466,49 @@ async fn run_on_agent(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The configured inventory, or a 409 saying how to configure one.
+pub fn inventory(state: &AppState) -> Result<Arc<crate::inventory::InventorySource>, ApiError> {
+    state.inventory.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_inventory",
+            "no inventory configured: init the controller with --chef-url/--chef-client/--chef-key or --inventory FILE",
+        )
+    })
+}
+
+/// Maps an inventory error: bad selectors are the caller's (422), the rest 502.
+pub fn inventory_error(field: &str, e: crate::inventory::InventoryError) -> ApiError {
+    use crate::inventory::InventoryError as E;
+    match e {
+        E::EmptySelector | E::InvalidSelector(_) | E::RawQueryUnsupported => {
+            unprocessable(field, e)
+        }
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "inventory_unavailable", other.to_string()),
+    }
+}
+
+async fn resolve_inventory(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<crate::inventory::Selector>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(sel) = body.map_err(json_rejection)?;
+    let inv = inventory(&state)?;
+    let res = inv
+        .resolve(&sel)
+        .await
+        .map_err(|e| inventory_error("selector", e))?;
+    let mut hosts = Vec::with_capacity(res.hosts.len());
+    for h in res.hosts {
+        let agent = match state.store.get_agent(&h.name).await? {
+            Some(rec) => serde_json::to_value(state.fleet.view(rec).state).unwrap_or_default(),
+            None => serde_json::json!("none"),
+        };
+        let mut v = serde_json::to_value(&h).unwrap_or_default();
+        v["agent"] = agent;
+        hosts.push(v);
+    }
+    Ok(Json(serde_json::json!({"query": res.query, "hosts": hosts})))
 }

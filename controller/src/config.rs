@@ -41,7 +41,7 @@ pub struct ControllerConfig {
     pub api_timeout: Duration,
     /// Chef server, when the inventory comes from Chef.
     #[serde(default)]
-    pub chef: Option<toml::Value>,
+    pub chef: Option<crate::inventory::ChefConfig>,
     /// Static inventory file, when the inventory comes from a file.
     #[serde(default)]
     pub inventory: Option<PathBuf>,
@@ -186,6 +186,28 @@ impl ControllerConfig {
         }
         if cfg.api_body_limit < 1024 {
             return Err(invalid("api_body_limit", "must be at least 1024 bytes"));
+        }
+        if let Some(inv) = &cfg.inventory {
+            if inv.is_relative() {
+                cfg.inventory = Some(cfg.data_dir.join(inv));
+            }
+        }
+        if cfg.chef.is_some() && cfg.inventory.is_some() {
+            return Err(invalid(
+                "inventory",
+                "give either a [chef] section or an inventory file, not both",
+            ));
+        }
+        if let Some(chef) = &cfg.chef {
+            if !(chef.server_url.starts_with("http://") || chef.server_url.starts_with("https://")) {
+                return Err(invalid("chef.server_url", "must be an http:// or https:// URL"));
+            }
+            if !chef.client_key.is_file() {
+                return Err(invalid(
+                    "chef.client_key",
+                    &format!("{} is not a readable file", chef.client_key.display()),
+                ));
+            }
         }
         if let Some(url) = &cfg.database_url {
             if !(url.starts_with("sqlite:") || url.starts_with("postgres")) {

@@ -44,6 +44,18 @@ enum Command {
         /// Agent certificate lifetime (e.g. 7d, 12h).
         #[arg(long, default_value = "7d")]
         agent_cert_ttl: humantime::Duration,
+        /// Chef server URL (may carry /organizations/ORG).
+        #[arg(long, requires_all = ["chef_client", "chef_key"], conflicts_with = "inventory")]
+        chef_url: Option<String>,
+        /// Chef client name the controller signs requests as.
+        #[arg(long, requires = "chef_url")]
+        chef_client: Option<String>,
+        /// That client's RSA private key (PEM).
+        #[arg(long, requires = "chef_url")]
+        chef_key: Option<PathBuf>,
+        /// A static inventory file (TOML or YAML) instead of Chef.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
     },
     /// Run the controller.
     Serve {
@@ -71,6 +83,10 @@ fn main() -> ExitCode {
             quic_listen,
             heartbeat_secs,
             agent_cert_ttl,
+            chef_url,
+            chef_client,
+            chef_key,
+            inventory,
         } => {
             if heartbeat_secs == 0 {
                 eprintln!("error: --heartbeat-secs must be at least 1");
@@ -83,8 +99,31 @@ fn main() -> ExitCode {
                 quic_listen,
                 heartbeat_secs,
                 agent_cert_ttl: agent_cert_ttl.into(),
-                chef: None,
-                inventory: None,
+                chef: match (chef_url, chef_client, chef_key) {
+                    (Some(server_url), Some(client_name), Some(key)) => {
+                        let client_key = match std::fs::canonicalize(&key) {
+                            Ok(k) => k,
+                            Err(e) => {
+                                eprintln!("error: --chef-key {}: {e}", key.display());
+                                return ExitCode::from(EX_USAGE);
+                            }
+                        };
+                        Some(vesemir_controller::inventory::ChefConfig::new(
+                            server_url,
+                            client_name,
+                            client_key,
+                        ))
+                    }
+                    _ => None,
+                },
+                inventory: match inventory.map(|p| std::fs::canonicalize(&p).map_err(|e| (p, e))) {
+                    None => None,
+                    Some(Ok(p)) => Some(p),
+                    Some(Err((p, e))) => {
+                        eprintln!("error: --inventory {}: {e}", p.display());
+                        return ExitCode::from(EX_USAGE);
+                    }
+                },
             };
             match rt.block_on(server::init(opts)) {
                 Ok(out) => {

@@ -29,8 +29,8 @@ pub struct InitOptions {
     pub heartbeat_secs: u32,
     /// Agent certificate lifetime.
     pub agent_cert_ttl: Duration,
-    /// `[chef]` table, if given.
-    pub chef: Option<toml::Value>,
+    /// `[chef]` section, if given.
+    pub chef: Option<crate::inventory::ChefConfig>,
     /// Static inventory file, if given.
     pub inventory: Option<PathBuf>,
 }
@@ -67,6 +67,9 @@ pub enum ServerError {
     /// Endpoint.
     #[error(transparent)]
     Endpoint(#[from] quic::EndpointError),
+    /// Inventory source unusable.
+    #[error("inventory: {0}")]
+    Inventory(String),
     /// Binding a TCP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -184,6 +187,7 @@ pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) ->
     };
     let ca = Arc::new(Ca::load(&tls.ca_pem, &read(&dd.ca_key())?)?);
     let reset_key = std::fs::read(dd.reset_key()).map_err(io_err(&dd.reset_key()))?;
+    let inventory = load_inventory(&cfg)?;
     let store = Store::connect(&cfg.database_url()).await?;
     let fleet = Fleet::new(
         store.clone(),
@@ -244,6 +248,7 @@ pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) ->
         store: store.clone(),
         fleet: fleet.clone(),
         timeout: cfg.api_timeout,
+        inventory: inventory.map(Arc::new),
     });
     let app = api::router(state, cfg.api_body_limit);
     let api_stop = stopped(stop_rx.clone());
@@ -269,4 +274,20 @@ pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) ->
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The inventory the config names, if any.
+pub fn load_inventory(
+    cfg: &ControllerConfig,
+) -> Result<Option<crate::inventory::InventorySource>, ServerError> {
+    use crate::inventory::{ChefInventory, InventorySource, StaticInventory};
+    if let Some(path) = &cfg.inventory {
+        let inv = StaticInventory::load(path).map_err(|e| ServerError::Inventory(e.to_string()))?;
+        return Ok(Some(InventorySource::Static(inv)));
+    }
+    if let Some(chef) = &cfg.chef {
+        let inv = ChefInventory::new(chef).map_err(|e| ServerError::Inventory(e.to_string()))?;
+        return Ok(Some(InventorySource::Chef(inv)));
+    }
+    Ok(None)
 }
