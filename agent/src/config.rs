@@ -45,6 +45,10 @@ pub struct AgentConfig {
     /// Default timeout of a playbook task without its own.
     #[serde(default = "default_task_timeout", with = "humantime_str")]
     pub task_timeout: Duration,
+    /// Host variables (like Ansible's host_vars): given to every playbook
+    /// this agent runs; a request's own vars override them.
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 fn default_ca() -> PathBuf {
@@ -194,6 +198,7 @@ impl AgentConfig {
             reconnect_base: default_base(),
             reconnect_cap: default_cap(),
             task_timeout: default_task_timeout(),
+            vars: Default::default(),
         }
     }
 }

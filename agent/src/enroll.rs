@@ -31,6 +31,8 @@ pub struct EnrollOptions {
     pub systemctl: Option<PathBuf>,
     /// HAProxy admin socket for agent.toml.
     pub haproxy_socket: Option<PathBuf>,
+    /// Host variables for agent.toml.
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 /// Enrollment failures, each with what to do.
@@ -137,6 +139,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
         cfg.systemctl = s;
     }
     cfg.haproxy_socket = opts.haproxy_socket;
+    cfg.vars = opts.vars;
     write_atomic(&cfg.path(&cfg.key), key_pem.as_bytes(), 0o600)?;
     write_atomic(&cfg.path(&cfg.cert), cert_pem.as_bytes(), 0o644)?;
     write_atomic(&cfg.path(&cfg.ca_cert), ca_pem.as_bytes(), 0o644)?;

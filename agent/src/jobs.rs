@@ -136,7 +136,10 @@ impl Jobs {
                 let out = self.haproxy(&job_id, &actions).await;
                 let _ = tx.send(JobEvent::Finished(out)).await;
             }
-            JobKind::Playbook(job) => {
+            JobKind::Playbook(mut job) => {
+                for (k, v) in &self.cfg.vars {
+                    job.vars.entry(k.clone()).or_insert_with(|| v.clone());
+                }
                 let cancel = CancellationToken::new();
                 self.running
                     .lock()

@@ -56,6 +56,9 @@ enum Command {
         /// HAProxy admin socket on this VM.
         #[arg(long)]
         haproxy_socket: Option<PathBuf>,
+        /// Host variable K=V given to every playbook on this VM (repeatable).
+        #[arg(long = "var", value_name = "K=V")]
+        vars: Vec<String>,
     },
     /// Run the agent: hold the connection to the controller and serve jobs.
     Run {
@@ -104,8 +107,22 @@ fn main() -> ExitCode {
             playbook_dir,
             systemctl,
             haproxy_socket,
+            vars,
         } => {
+            let mut host_vars = std::collections::BTreeMap::new();
+            for kv in vars {
+                match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        host_vars.insert(k.to_string(), v.to_string());
+                    }
+                    _ => {
+                        eprintln!("error: --var {kv:?}: expected K=V");
+                        return ExitCode::from(EX_USAGE);
+                    }
+                }
+            }
             let opts = EnrollOptions {
+                vars: host_vars,
                 controller,
                 token,
                 ca_cert,
