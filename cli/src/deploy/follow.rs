@@ -1,0 +1,437 @@
+//! Following a running deployment until it ends.
+//!
+//! Two sources: the log stream (`GET …/logs?follow=true&after=SEQ`, NDJSON,
+//! read by a task that reconnects from the last seq it saw) for the lines,
+//! and a poll of `GET /v1/deployments/{id}` every 500 ms for host status and
+//! step (the bars) and as a backstop should the stream never say `end`.
+//! On a terminal an indicatif `MultiProgress` holds one "hosts done / total"
+//! bar and one line per host in flight; log lines go above the bars through
+//! `MultiProgress::println`, so they never tear the bars. Without a terminal
+//! the same lines are printed plainly, in the same format, for scripts.
+//! Ctrl-C stops following only: the deployment goes on.
+
+use super::view;
+use crate::client::Api;
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Bars and live host lines (stdout is a terminal).
+    Bars,
+    /// Plain lines (no terminal): greppable, nothing redrawn.
+    Plain,
+    /// Every raw event as one JSON line (`logs --follow --output json`).
+    Raw,
+    /// Nothing while it runs (`--output json`: only the final JSON).
+    Quiet,
+}
+
+/// How following ended.
+pub enum Outcome {
+    /// The deployment ended; its final JSON.
+    Finished(Value),
+    /// The user pressed Ctrl-C; the deployment goes on.
+    Interrupted,
+}
+
+/// Poll period of the deployment's state.
+const POLL: Duration = Duration::from_millis(500);
+/// The server sends a keepalive every 10 s; this much silence is a dead stream.
+const STALL: Duration = Duration::from_secs(35);
+/// Once the poll sees a final status, how long the stream gets to say `end`.
+const END_GRACE: Duration = Duration::from_secs(5);
+
+/// What the terminal shows.
+struct Ui {
+    mode: Mode,
+    /// The bars, in `Bars` mode.
+    mp: Option<MultiProgress>,
+    /// Hosts done / total.
+    total: Option<ProgressBar>,
+    /// One line per host in flight, by host name.
+    hosts: HashMap<String, ProgressBar>,
+    /// The task each host in flight is running, from the log stream.
+    tasks: HashMap<String, String>,
+}
+
+impl Ui {
+    fn new(mode: Mode) -> Ui {
+        let (mp, total) = if mode == Mode::Bars {
+            let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+            let bar = mp.add(ProgressBar::new(0));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} hosts done · {msg} · {elapsed}",
+                )
+                .expect("static template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            (Some(mp), Some(bar))
+        } else {
+            (None, None)
+        };
+        Ui {
+            mode,
+            mp,
+            total,
+            hosts: HashMap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn line(&self, s: &str) {
+        match (&self.mp, self.mode) {
+            // Above the bars, unless the draw target is hidden (println would drop the line).
+            (Some(mp), _) if !mp.is_hidden() && mp.println(s).is_ok() => {}
+            (Some(_), _) | (None, Mode::Plain) => println!("{s}"),
+            _ => {}
+        }
+    }
+
+    fn notice(&self, s: &str) {
+        match self.mode {
+            Mode::Bars | Mode::Plain => self.line(s),
+            Mode::Raw | Mode::Quiet => eprintln!("{s}"),
+        }
+    }
+
+    fn event(&mut self, ev: &Value) {
+        if self.mode == Mode::Raw {
+            println!("{ev}");
+            return;
+        }
+        if let (Some(host), "task_started") =
+            (ev["host"].as_str(), ev["type"].as_str().unwrap_or(""))
+        {
+            let task = ev["name"].as_str().unwrap_or("").to_string();
+            if let Some(bar) = self.hosts.get(host) {
+                let step = bar.message();
+                let step = step.split(" · ").next().unwrap_or("").to_string();
+                bar.set_message(format!("{step} · {task}"));
+            }
+            self.tasks.insert(host.to_string(), task);
+        }
+        if let Some(l) = view::event_line(ev) {
+            self.line(&l);
+        }
+    }
+
+    /// Redraws the bars from the deployment's state.
+    fn update(&mut self, d: &Value) {
+        let (Some(mp), Some(total)) = (&self.mp, &self.total) else {
+            return;
+        };
+        let hosts = d["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let len = d["hosts_total"].as_u64().unwrap_or(hosts.len() as u64);
+        total.set_length(len.max(hosts.len() as u64));
+        let done = hosts
+            .iter()
+            .filter(|h| view::host_done(h["status"].as_str().unwrap_or("")))
+            .count();
+        total.set_position(done as u64);
+        total.set_message(d["status"].as_str().unwrap_or("?").to_string());
+        for h in hosts {
+            let name = h["name"].as_str().unwrap_or("?");
+            if h["status"] == "running" {
+                let bar = self.hosts.entry(name.to_string()).or_insert_with(|| {
+                    let b = mp.add(ProgressBar::new_spinner());
+                    b.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix} {msg} ({elapsed})")
+                            .expect("static template"),
+                    );
+                    b.set_prefix(format!("[{name}]"));
+                    b.enable_steady_tick(Duration::from_millis(120));
+                    b
+                });
+                let step = h["step"].as_str().unwrap_or("starting");
+                match self.tasks.get(name) {
+                    Some(t) if step == "deploying" && !t.is_empty() => {
+                        bar.set_message(format!("{step} · {t}"))
+                    }
+                    _ => bar.set_message(step.to_string()),
+                }
+            } else if let Some(bar) = self.hosts.remove(name) {
+                bar.finish_and_clear();
+                mp.remove(&bar);
+                self.tasks.remove(name);
+            }
+        }
+    }
+
+    /// Takes the bars off the screen before the summary is printed.
+    fn clear(&mut self) {
+        for (_, b) in self.hosts.drain() {
+            b.finish_and_clear();
+        }
+        if let Some(t) = &self.total {
+            t.finish_and_clear();
+        }
+        if let Some(mp) = &self.mp {
+            let _ = mp.clear();
+        }
+    }
+}
+
+/// An NDJSON response read one object at a time; silence longer than
+/// `stall` is an error (the server sends keepalives), so a dead connection
+/// does not hang the CLI.
+struct Ndjson<S> {
+    body: std::pin::Pin<Box<S>>,
+    buf: Vec<u8>,
+    stall: Duration,
+}
+
+impl<S, B> Ndjson<S>
+where
+    S: futures::Stream<Item = reqwest::Result<B>>,
+    B: AsRef<[u8]>,
+{
+    fn new(body: S, stall: Duration) -> Self {
+        Ndjson {
+            body: Box::pin(body),
+            buf: Vec::new(),
+            stall,
+        }
+    }
+
+    /// The next object, or `None` at the end of the response.
+    async fn next(&mut self) -> Result<Option<Value>> {
+        loop {
+            while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .context("bad log line from the controller");
+            }
+            if self.buf.len() > 4 * 1024 * 1024 {
+                bail!("log line over 4 MiB from the controller");
+            }
+            match tokio::time::timeout(self.stall, self.body.next()).await {
+                Err(_) => bail!("no data from the controller for {}s", self.stall.as_secs()),
+                Ok(None) => return Ok(None),
+                Ok(Some(c)) => self
+                    .buf
+                    .extend_from_slice(c.context("the log stream broke")?.as_ref()),
+            }
+        }
+    }
+}
+
+/// The log path of a deployment, from after `after`.
+fn logs_path(id: &str, follow: bool, after: Option<u64>) -> String {
+    let mut p = format!("/v1/deployments/{}/logs", crate::agents::enc(id));
+    let mut q = Vec::new();
+    if follow {
+        q.push("follow=true".to_string());
+    }
+    if let Some(a) = after {
+        q.push(format!("after={a}"));
+    }
+    if !q.is_empty() {
+        p.push('?');
+        p.push_str(&q.join("&"));
+    }
+    p
+}
+
+/// Streams the log into `tx`, reconnecting from the last seq, until the
+/// `end` event (sent on too) or the receiver goes away. Transport trouble is
+/// reported as a `_notice` event and retried; only an API refusal (4xx) is
+/// fatal.
+async fn stream_logs(
+    api: Api,
+    id: String,
+    mut after: Option<u64>,
+    tx: mpsc::Sender<Value>,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    let mut told = false;
+    loop {
+        let resp = api
+            .stream_req(reqwest::Method::GET, &logs_path(&id, true, after))
+            .send()
+            .await;
+        let problem = match resp {
+            Ok(r) if r.status().is_success() => {
+                if told {
+                    let _ = tx
+                        .send(json!({"type": "_notice", "message": "log stream back"}))
+                        .await;
+                    told = false;
+                }
+                backoff = Duration::from_millis(500);
+                let mut lines = Ndjson::new(r.bytes_stream(), STALL);
+                loop {
+                    match lines.next().await {
+                        Ok(Some(ev)) => {
+                            if let Some(seq) = ev["seq"].as_u64() {
+                                after = Some(seq);
+                            }
+                            let end = ev["type"] == "end";
+                            if tx.send(ev).await.is_err() || end {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => break "it closed before the end".to_string(),
+                        Err(e) => break format!("{e:#}"),
+                    }
+                }
+            }
+            Ok(r) if r.status().is_client_error() => return Err(super::api_error(r).await),
+            Ok(r) => format!("the controller answered {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if !told {
+            let msg = format!("lost the log stream ({problem}); reconnecting…");
+            if tx
+                .send(json!({"type": "_notice", "message": msg}))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            told = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// GET the deployment.
+pub async fn get(api: &Api, id: &str) -> Result<Value> {
+    api.json(api.req(
+        reqwest::Method::GET,
+        &format!("/v1/deployments/{}", crate::agents::enc(id)),
+    ))
+    .await
+}
+
+/// Calls `f` for each stored log event after `after` (no follow).
+pub async fn stored_logs(
+    api: &Api,
+    id: &str,
+    after: Option<u64>,
+    mut f: impl FnMut(Value),
+) -> Result<()> {
+    let resp = api
+        .send(api.stream_req(reqwest::Method::GET, &logs_path(id, false, after)))
+        .await?;
+    let mut lines = Ndjson::new(resp.bytes_stream(), STALL);
+    while let Some(ev) = lines.next().await? {
+        f(ev);
+    }
+    Ok(())
+}
+
+/// Follows deployment `id` until it ends or Ctrl-C.
+pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
+    let mut ui = Ui::new(mode);
+    let (tx, mut rx) = mpsc::channel::<Value>(1024);
+    let reader = tokio::spawn(stream_logs(api.clone(), id.to_string(), None, tx));
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut last_seq: Option<u64> = None;
+    let mut final_since: Option<Instant> = None;
+    let mut poll_failing = false;
+    // Whether the stream said `end`; if not, the poll decided it was over.
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) if ev["type"] == "end" => {
+                    ended = true;
+                    break;
+                }
+                Some(ev) if ev["type"] == "_notice" => ui.notice(ev["message"].as_str().unwrap_or("")),
+                Some(ev) => {
+                    if let Some(seq) = ev["seq"].as_u64() {
+                        last_seq = Some(seq);
+                    }
+                    ui.event(&ev);
+                }
+                // The reader gave up: its error is returned below.
+                None => break,
+            },
+            _ = tick.tick() => match get(api, id).await {
+                Ok(d) => {
+                    poll_failing = false;
+                    ui.update(&d);
+                    if view::is_final(d["status"].as_str().unwrap_or("")) {
+                        let since = *final_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > END_GRACE {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !poll_failing {
+                        ui.notice(&format!("cannot read the deployment's state ({e:#}); retrying…"));
+                        poll_failing = true;
+                    }
+                }
+            },
+            _ = &mut ctrl_c => {
+                ui.clear();
+                reader.abort();
+                eprintln!(
+                    "stopped following; deployment {id} goes on.\n  follow it again: vesemir deployments logs {id} --follow\n  stop it:         vesemir deployments cancel {id}"
+                );
+                return Ok(Outcome::Interrupted);
+            }
+        }
+    }
+    reader.abort();
+    if let Ok(Err(e)) = reader.await {
+        ui.clear();
+        return Err(e);
+    }
+    if !ended {
+        // The stream lagged behind the final status: print what it missed.
+        let _ = stored_logs(api, id, last_seq, |ev| ui.event(&ev)).await;
+    }
+    ui.clear();
+    let mut last_err = None;
+    for _ in 0..5 {
+        match get(api, id).await {
+            Ok(d) => return Ok(Outcome::Finished(d)),
+            Err(e) => last_err = Some(e),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last_err.unwrap_or_else(|| anyhow!("cannot read the deployment {id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logs_path;
+
+    #[test]
+    fn log_paths() {
+        assert_eq!(
+            logs_path("d 1", true, None),
+            "/v1/deployments/d%201/logs?follow=true"
+        );
+        assert_eq!(
+            logs_path("d", true, Some(17)),
+            "/v1/deployments/d/logs?follow=true&after=17"
+        );
+        assert_eq!(
+            logs_path("d", false, Some(3)),
+            "/v1/deployments/d/logs?after=3"
+        );
+        assert_eq!(logs_path("d", false, None), "/v1/deployments/d/logs");
+    }
+}
