@@ -1,7 +1,5 @@
-//! `playbook check|run` as a real process. Until `vesemir-agent playbook`
-//! is wired into the binary, the process is this test binary re-executed
-//! into `cli_child`, which parses the same arguments and calls
-//! `vesemir_agent::runner::cli::main` — so kill -9 hits a real process.
+//! `vesemir-agent playbook check|run` as a real process (the binary itself),
+//! so exit codes, output and kill -9 mid-job are what an operator gets.
 
 #[path = "fixtures/common.rs"]
 mod common;
@@ -9,55 +7,18 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
 use common::*;
-use vesemir_agent::runner::cli::PlaybookCommand;
 
-const CHILD_ENV: &str = "VESEMIR_TEST_CLI_ARGS";
-
-#[derive(Parser)]
-struct Args {
-    #[command(subcommand)]
-    cmd: PlaybookCommand,
-}
-
-/// Not a test: the body of the child process (does nothing when run alone).
-#[test]
-#[ignore = "helper process for the other tests in this file"]
-fn cli_child() {
-    let Ok(args) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    let a = Args::parse_from(std::iter::once("playbook".to_string()).chain(args));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let code = rt.block_on(vesemir_agent::runner::cli::main(a.cmd));
-    // ExitCode has no accessor; its Debug form carries the number.
-    let dbg = format!("{code:?}");
-    let n: i32 = dbg
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap_or(1);
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    std::process::exit(n);
-}
-
+/// `vesemir-agent playbook ARGS…`, output piped.
 fn cli(args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "cli_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, serde_json::to_string(args).unwrap())
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vesemir-agent"));
+    c.arg("playbook")
+        .args(args)
+        // Keep the agent's own log lines out of stderr assertions.
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c
 }
 
