@@ -266,7 +266,7 @@ async fn stream_logs(
             Ok(r) if r.status().is_success() => {
                 if told {
                     let _ = tx
-                        .send(json!({"type": "_notice", "message": "log stream back"}))
+                        .send(json!({"type": "_notice", "message": "log stream reconnected"}))
                         .await;
                     told = false;
                 }
@@ -290,7 +290,7 @@ async fn stream_logs(
             }
             Ok(r) if r.status().is_client_error() => return Err(super::api_error(r).await),
             Ok(r) => format!("the controller answered {}", r.status()),
-            Err(e) => e.to_string(),
+            Err(e) => super::error_chain(&e),
         };
         if !told {
             let msg = format!("lost the log stream ({problem}); reconnecting…");
@@ -403,15 +403,19 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
         let _ = stored_logs(api, id, last_seq, |ev| ui.event(&ev)).await;
     }
     ui.clear();
-    let mut last_err = None;
-    for _ in 0..5 {
-        match get(api, id).await {
-            Ok(d) => return Ok(Outcome::Finished(d)),
-            Err(e) => last_err = Some(e),
+    // `end` comes once the status is stored, but a replica or a cache may
+    // lag: give the final status a few seconds to show.
+    let mut last = Err(anyhow!("cannot read the deployment {id}"));
+    for _ in 0..20 {
+        last = get(api, id).await;
+        if let Ok(d) = &last {
+            if view::is_final(d["status"].as_str().unwrap_or("")) {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(POLL).await;
     }
-    Err(last_err.unwrap_or_else(|| anyhow!("cannot read the deployment {id}")))
+    last.map(Outcome::Finished)
 }
 
 #[cfg(test)]

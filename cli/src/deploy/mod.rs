@@ -142,6 +142,19 @@ pub(crate) async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     anyhow!("{} ({})", msg.trim(), status)
 }
 
+/// An error with its causes ("error sending request…: connection closed
+/// before message completed"): reqwest's own message hides the cause.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 /// Tries of a POST that creates a deployment.
 const ATTEMPTS: u32 = 3;
 
@@ -175,15 +188,21 @@ async fn submit(api: &Api, path: &str, body: &Value, key: &str) -> Result<(u16, 
                 if e.is_timeout() {
                     "no answer in time".to_string()
                 } else {
-                    e.to_string()
+                    error_chain(&e)
                 }
             }
             Err(e) if e.is_connect() => {
                 return Err(anyhow!(
-                    "cannot connect to the controller: is `vesemir-controller serve` running? ({e})"
+                    "cannot connect to the controller: is `vesemir-controller serve` running? ({})",
+                    error_chain(&e)
                 ))
             }
-            Err(e) => return Err(anyhow!("request to the controller failed: {e}")),
+            Err(e) => {
+                return Err(anyhow!(
+                    "request to the controller failed: {}",
+                    error_chain(&e)
+                ))
+            }
         };
         eprintln!(
             "{problem}; trying again in {:.1}s ({}/{ATTEMPTS}, same Idempotency-Key {key})",
