@@ -28,6 +28,8 @@ enum Reply {
     /// NDJSON lines, then the connection closes (the stream "breaks" unless
     /// the last line is `end`).
     Ndjson(Vec<Value>),
+    /// NDJSON lines, then the connection stays open this long.
+    NdjsonHold(Vec<Value>, std::time::Duration),
     /// Close the connection without answering.
     Hangup,
 }
@@ -114,6 +116,18 @@ impl Stand {
                                 "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                                 body.len()
                             )
+                        }
+                        Reply::NdjsonHold(lines, hold) => {
+                            let mut out = String::from(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
+                            );
+                            for l in lines {
+                                out.push_str(&l.to_string());
+                                out.push('\n');
+                            }
+                            let r = stream.write_all(out.as_bytes());
+                            std::thread::sleep(hold);
+                            r
                         }
                         Reply::Ndjson(lines) => {
                             let mut out = String::from(
@@ -467,4 +481,53 @@ fn list_shows_a_table_and_json() {
     let out = stand.cli(&["deployments", "list", "--output", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total"], 1);
+}
+
+#[test]
+fn ctrl_c_stops_following_but_does_not_cancel() {
+    let stand = Stand::start(vec![
+        (
+            "GET /v1/deployments/d-1",
+            Box::new(|_, _| Reply::Json(200, deployment("running", "running"))),
+        ),
+        (
+            "GET /v1/deployments/d-1/logs",
+            Box::new(|_, _| {
+                Reply::NdjsonHold(
+                    vec![
+                        json!({"seq": 1, "host": "web-1", "type": "task_started", "name": "Restart"}),
+                    ],
+                    std::time::Duration::from_secs(20),
+                )
+            }),
+        ),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_vesemir"))
+        .args(["--url", &stand.url, "--token", "t"])
+        .args(["deployments", "logs", "d-1", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is following (the log stream was opened and polled).
+    let t0 = std::time::Instant::now();
+    while stand.seen("GET", "/v1/deployments/d-1").len() < 3 {
+        assert!(t0.elapsed().as_secs() < 10, "the CLI never followed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(stdout(&out).contains("[web-1] TASK [Restart]"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("vesemir deployments logs d-1 --follow"),
+        "{err}"
+    );
+    assert!(err.contains("vesemir deployments cancel d-1"), "{err}");
+    assert!(stand.seen("POST", "/").is_empty(), "Ctrl-C must not cancel");
 }
