@@ -77,7 +77,12 @@ pub struct RequestFlags {
     pub team: Option<String>,
 
     /// App hosts: Chef tag they carry (repeatable; all must match).
-    #[arg(long = "tag", value_name = "TAG", help_heading = "Hosts")]
+    #[arg(
+        long = "tag",
+        alias = "tags",
+        value_name = "TAG",
+        help_heading = "Hosts"
+    )]
     pub tags: Vec<String>,
     /// App hosts: Chef tag they must not carry (repeatable).
     #[arg(long = "not-tag", value_name = "TAG", help_heading = "Hosts")]
