@@ -27,6 +27,8 @@ pub struct AppState {
     pub timeout: Duration,
     /// Where hosts are found (None: neither Chef nor a file configured).
     pub inventory: Option<Arc<crate::inventory::InventorySource>>,
+    /// Deployments and their orchestrators.
+    pub deployments: Arc<crate::deploy::Deployments>,
 }
 
 /// An API error.
@@ -125,7 +127,11 @@ pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
             "request body too large",
         );
     }
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        e.body_text(),
+    )
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
@@ -160,11 +166,25 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/agents/{name}", get(show_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
         .route("/v1/inventory/resolve", post(resolve_inventory))
+        .route(
+            "/v1/deployments",
+            post(crate::deploy::http::create).get(crate::deploy::http::list),
+        )
+        .route(
+            "/v1/deployments/rollback",
+            post(crate::deploy::http::rollback),
+        )
+        .route("/v1/deployments/{id}", get(crate::deploy::http::show))
+        .route(
+            "/v1/deployments/{id}/cancel",
+            post(crate::deploy::http::cancel),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), timeout_layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     // Streams: no overall timeout (they last as long as the work does).
     let streams = Router::new()
         .route("/v1/agents/{name}/run", post(run_on_agent))
+        .route("/v1/deployments/{id}/logs", get(crate::deploy::http::logs))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -187,7 +207,13 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     tokio::time::timeout(Duration::from_secs(2), state.store.ping())
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "store timeout"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "store timeout",
+            )
+        })?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()))?;
     Ok("ready\n")
 }
@@ -364,8 +390,7 @@ pub fn valid_playbook_name(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 128
         && (p.ends_with(".yml") || p.ends_with(".yaml"))
-        && p
-            .bytes()
+        && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !p.starts_with('.')
 }
@@ -437,12 +462,16 @@ async fn run_on_agent(
             }),
         }),
     };
-    let mut job = state.fleet.start_job(&name, &req).await.map_err(|e| match e {
-        crate::fleet::DispatchError::NotConnected(_) => {
-            ApiError::new(StatusCode::CONFLICT, "agent_not_connected", e.to_string())
-        }
-        other => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", other.to_string()),
-    })?;
+    let mut job = state
+        .fleet
+        .start_job(&name, &req)
+        .await
+        .map_err(|e| match e {
+            crate::fleet::DispatchError::NotConnected(_) => {
+                ApiError::new(StatusCode::CONFLICT, "agent_not_connected", e.to_string())
+            }
+            other => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", other.to_string()),
+        })?;
     tracing::info!(agent = %name, job_id = %req.job_id, playbook = %body.playbook, by = %caller.name, "playbook run started");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(async move {
@@ -486,7 +515,11 @@ pub fn inventory_error(field: &str, e: crate::inventory::InventoryError) -> ApiE
         E::EmptySelector | E::InvalidSelector(_) | E::RawQueryUnsupported => {
             unprocessable(field, e)
         }
-        other => ApiError::new(StatusCode::BAD_GATEWAY, "inventory_unavailable", other.to_string()),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "inventory_unavailable",
+            other.to_string(),
+        ),
     }
 }
 
@@ -510,5 +543,7 @@ async fn resolve_inventory(
         v["agent"] = agent;
         hosts.push(v);
     }
-    Ok(Json(serde_json::json!({"query": res.query, "hosts": hosts})))
+    Ok(Json(
+        serde_json::json!({"query": res.query, "hosts": hosts}),
+    ))
 }

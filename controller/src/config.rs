@@ -147,11 +147,10 @@ impl ControllerConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut cfg: ControllerConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+        let mut cfg: ControllerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let invalid = |key, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
             key,
@@ -199,8 +198,12 @@ impl ControllerConfig {
             ));
         }
         if let Some(chef) = &cfg.chef {
-            if !(chef.server_url.starts_with("http://") || chef.server_url.starts_with("https://")) {
-                return Err(invalid("chef.server_url", "must be an http:// or https:// URL"));
+            if !(chef.server_url.starts_with("http://") || chef.server_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "chef.server_url",
+                    "must be an http:// or https:// URL",
+                ));
             }
             if !chef.client_key.is_file() {
                 return Err(invalid(

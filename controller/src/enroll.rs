@@ -75,7 +75,9 @@ pub async fn serve(
                 } else {
                     tracing::info!(%remote, node = %node, "agent enrolled");
                 }
-                write_frame(&mut tls, &resp).await.map_err(|e| e.to_string())?;
+                write_frame(&mut tls, &resp)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tokio::io::AsyncWriteExt::shutdown(&mut tls)
                     .await
                     .map_err(|e| e.to_string())

@@ -273,7 +273,11 @@ impl Fleet {
 
     /// The live session of an agent.
     pub fn session(&self, name: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().expect("sessions lock").get(name).cloned()
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .cloned()
     }
 
     /// Names of agents with a live session.
@@ -297,10 +301,7 @@ impl Fleet {
         let Some(serials) = self.store.revoke_agent(name).await? else {
             return Ok(false);
         };
-        self.revoked
-            .write()
-            .expect("revoked lock")
-            .extend(serials);
+        self.revoked.write().expect("revoked lock").extend(serials);
         let session = self.sessions.lock().expect("sessions lock").remove(name);
         if let Some(s) = session {
             close(&s.conn, CloseReason::Revoked);
@@ -324,7 +325,9 @@ impl Fleet {
                 rec.version.clone(),
                 rec.last_seen,
                 rec.remote_addr.clone(),
-                rec.facts.as_deref().and_then(|f| serde_json::from_str(f).ok()),
+                rec.facts
+                    .as_deref()
+                    .and_then(|f| serde_json::from_str(f).ok()),
             ),
             (None, Some(s)) => {
                 let live = s.live.lock().expect("live lock").clone();
@@ -346,7 +349,9 @@ impl Fleet {
                 rec.version.clone(),
                 rec.last_seen,
                 rec.remote_addr.clone(),
-                rec.facts.as_deref().and_then(|f| serde_json::from_str(f).ok()),
+                rec.facts
+                    .as_deref()
+                    .and_then(|f| serde_json::from_str(f).ok()),
             ),
         };
         AgentView {
@@ -380,7 +385,11 @@ impl Fleet {
     }
 
     /// Opens a job stream on an agent's connection and sends the request.
-    pub async fn start_job(&self, name: &str, req: &JobRequest) -> Result<JobStream, DispatchError> {
+    pub async fn start_job(
+        &self,
+        name: &str,
+        req: &JobRequest,
+    ) -> Result<JobStream, DispatchError> {
         let session = self
             .session(name)
             .ok_or_else(|| DispatchError::NotConnected(name.to_string()))?;
@@ -388,10 +397,11 @@ impl Fleet {
             name: name.to_string(),
             reason: e.to_string(),
         };
-        let (mut send, recv) = tokio::time::timeout(Duration::from_secs(10), session.conn.open_bi())
-            .await
-            .map_err(|e| conn_err(&e))?
-            .map_err(|e| conn_err(&e))?;
+        let (mut send, recv) =
+            tokio::time::timeout(Duration::from_secs(10), session.conn.open_bi())
+                .await
+                .map_err(|e| conn_err(&e))?
+                .map_err(|e| conn_err(&e))?;
         write_frame(&mut send, req)
             .await
             .map_err(|source| DispatchError::Wire {

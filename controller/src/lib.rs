@@ -10,8 +10,10 @@
 //! - [`enroll`]: token + CSR enrollment over TLS/TCP.
 //! - [`api`]: the HTTP API.
 //! - [`inventory`]: Chef server search and static inventories.
+//! - [`deploy`]: rolling deployments: validation, plan, orchestrator, logs.
 pub mod api;
 pub mod config;
+pub mod deploy;
 pub mod enroll;
 pub mod events;
 pub mod fleet;

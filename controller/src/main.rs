@@ -137,7 +137,10 @@ fn main() -> ExitCode {
                     println!("admin token (shown once): {}", out.admin_token);
                     println!();
                     println!("next:");
-                    println!("  vesemir-controller serve --config {}", dd.config().display());
+                    println!(
+                        "  vesemir-controller serve --config {}",
+                        dd.config().display()
+                    );
                     println!("  export VESEMIR_CONFIG={}", dd.cli_config().display());
                     println!("  vesemir tokens create --ttl 1h --uses 3");
                     ExitCode::SUCCESS

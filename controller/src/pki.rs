@@ -128,12 +128,7 @@ impl Ca {
 
     /// Signs an agent's CSR. The certificate's identity is `node` (CN); what
     /// the CSR asks for beyond its public key is ignored.
-    pub fn sign_agent(
-        &self,
-        csr_pem: &str,
-        node: &str,
-        ttl: Duration,
-    ) -> Result<Issued, PkiError> {
+    pub fn sign_agent(&self, csr_pem: &str, node: &str, ttl: Duration) -> Result<Issued, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -172,8 +167,8 @@ pub struct CertInfo {
 
 /// Reads identity facts out of a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -222,7 +217,9 @@ mod tests {
         let info = cert_info(&der).unwrap();
         assert_eq!(info.common_name, "web-1");
         assert_eq!(info.serial, issued.serial);
-        assert!(ca.sign_agent("garbage", "web-1", Duration::from_secs(60)).is_err());
+        assert!(ca
+            .sign_agent("garbage", "web-1", Duration::from_secs(60))
+            .is_err());
     }
 
     #[test]

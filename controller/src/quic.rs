@@ -216,7 +216,12 @@ pub async fn serve(endpoint: quinn::Endpoint, fleet: Arc<Fleet>, ca: Arc<Ca>, ce
     }
 }
 
-async fn handle_connection(conn: quinn::Connection, fleet: Arc<Fleet>, ca: Arc<Ca>, cert_ttl: Duration) {
+async fn handle_connection(
+    conn: quinn::Connection,
+    fleet: Arc<Fleet>,
+    ca: Arc<Ca>,
+    cert_ttl: Duration,
+) {
     let remote = conn.remote_address();
     let Some(info) = conn
         .peer_identity()

@@ -156,7 +156,11 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
         .insert_api_token("admin", &token_hash(&admin_token), "admin")
         .await?;
     store.close().await;
-    write_file(&dd.admin_token(), format!("{admin_token}\n").as_bytes(), 0o600)?;
+    write_file(
+        &dd.admin_token(),
+        format!("{admin_token}\n").as_bytes(),
+        0o600,
+    )?;
 
     let api_host = if opts.api_listen.ip().is_unspecified() {
         SocketAddr::new([127, 0, 0, 1].into(), opts.api_listen.port())
@@ -176,7 +180,10 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
 
 /// Runs the controller until `shutdown` resolves, then closes agent
 /// connections cleanly (they reconnect later) and flushes the store.
-pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn serve(
+    cfg: ControllerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let dd = DataDir {
         root: cfg.data_dir.clone(),
     };
@@ -244,11 +251,15 @@ pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) ->
             .clone()
             .run_flusher(cfg.last_seen_flush, stopped(stop_rx.clone())),
     );
+    let inventory = inventory.map(Arc::new);
+    let deployments =
+        crate::deploy::Deployments::new(store.clone(), fleet.clone(), inventory.clone());
     let state = Arc::new(AppState {
         store: store.clone(),
         fleet: fleet.clone(),
         timeout: cfg.api_timeout,
-        inventory: inventory.map(Arc::new),
+        inventory,
+        deployments: deployments.clone(),
     });
     let app = api::router(state, cfg.api_body_limit);
     let api_stop = stopped(stop_rx.clone());
@@ -258,12 +269,23 @@ pub async fn serve(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) ->
             .await
     });
 
+    // Deployments left running by a previous process pick up where they
+    // were (agents reconnect within seconds; host runs wait for them).
+    match deployments.resume_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "resumed unfinished deployments"),
+        Err(e) => tracing::error!(error = %e, "cannot list unfinished deployments"),
+    }
+
     shutdown.await;
     tracing::info!("shutting down: closing agent connections");
+    deployments.stop_all();
     let _ = stop_tx.send(true);
     fleet.close_all();
     endpoint.close(
-        vesemir_protocol::control::CloseReason::Shutdown.code().into(),
+        vesemir_protocol::control::CloseReason::Shutdown
+            .code()
+            .into(),
         b"controller shutting down",
     );
     enroll_task.abort();

@@ -3,7 +3,10 @@
 //! backend-specific types) so PostgreSQL only needs its own migrations
 //! directory and the placeholder rewrite in [`Store::sql`].
 //!
-//! Architecture invariant: only this module writes SQL.
+//! Architecture invariant: only this module (and its submodules) writes SQL.
+
+mod deployments;
+pub use deployments::*;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -90,13 +93,17 @@ pub struct LastSeen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
     /// No such token.
-    #[error("unknown enrollment token: check for typos or create one with `vesemir tokens create`")]
+    #[error(
+        "unknown enrollment token: check for typos or create one with `vesemir tokens create`"
+    )]
     Unknown,
     /// Expired.
     #[error("enrollment token expired: create a new one with `vesemir tokens create`")]
     Expired,
     /// No uses left.
-    #[error("enrollment token has no uses left: create a new one with `vesemir tokens create --uses N`")]
+    #[error(
+        "enrollment token has no uses left: create a new one with `vesemir tokens create --uses N`"
+    )]
     UsedUp,
 }
 
@@ -221,12 +228,10 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query(&self.sql(
-            "SELECT name, role FROM api_tokens WHERE token_hash = ?",
-        ))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&self.sql("SELECT name, role FROM api_tokens WHERE token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
             Some(r) => Some((r.try_get("name")?, r.try_get("role")?)),
             None => None,
@@ -276,9 +281,9 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(Ok(()));
         }
-        let row = sqlx::query(&self.sql(
-            "SELECT expires_at, uses_left FROM enrollment_tokens WHERE token_hash = ?",
-        ))
+        let row = sqlx::query(
+            &self.sql("SELECT expires_at, uses_left FROM enrollment_tokens WHERE token_hash = ?"),
+        )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
@@ -297,9 +302,10 @@ impl Store {
 
     /// Gives a use back (the enrollment failed after the token was taken).
     pub async fn refund_enrollment_token(&self, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(&self.sql(
-            "UPDATE enrollment_tokens SET uses_left = uses_left + 1 WHERE token_hash = ?",
-        ))
+        sqlx::query(
+            &self
+                .sql("UPDATE enrollment_tokens SET uses_left = uses_left + 1 WHERE token_hash = ?"),
+        )
         .bind(token_hash)
         .execute(&self.pool)
         .await?;
@@ -365,15 +371,10 @@ impl Store {
 
     /// All agents, by name.
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(agent_from_row)
-            .collect::<Result<_, _>>()?)
+        let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(agent_from_row).collect::<Result<_, _>>()?)
     }
 
     /// One agent.
@@ -391,9 +392,9 @@ impl Store {
     /// revoked serials, or None if there is no such agent.
     pub async fn revoke_agent(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(&self.sql(
-            "UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-        ))
+        let done = sqlx::query(
+            &self.sql("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"),
+        )
         .bind(now_ms())
         .bind(name)
         .execute(&mut *tx)
@@ -411,12 +412,10 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(&self.sql(
-            "SELECT serial FROM certificates WHERE agent_name = ?",
-        ))
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(&self.sql("SELECT serial FROM certificates WHERE agent_name = ?"))
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(
             rows.iter()
@@ -427,9 +426,9 @@ impl Store {
 
     /// Serials of all revoked certificates that have not expired yet.
     pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(&self.sql(
-            "SELECT serial FROM certificates WHERE revoked = 1 AND not_after > ?",
-        ))
+        let rows = sqlx::query(
+            &self.sql("SELECT serial FROM certificates WHERE revoked = 1 AND not_after > ?"),
+        )
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;

@@ -1,0 +1,406 @@
+//! HTTP handlers of the deployments API (docs/API.md). API boundary: the
+//! JSON built here is what the CLI reads.
+
+use super::plan::{batches, make_plan, PlanError};
+use super::request::DeployRequest;
+use super::{SubmitError, Submitted};
+use crate::api::{json_rejection, ApiError, AppState, Caller};
+use crate::fleet::rfc3339;
+use crate::store::{DeploymentRow, HaproxyActionRow, HostRow};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ms(v: Option<i64>) -> Value {
+    v.map(rfc3339).map(Value::from).unwrap_or(Value::Null)
+}
+
+fn host_json(h: &HostRow) -> Value {
+    json!({
+        "name": h.name, "address": h.address, "server_name": h.server_name,
+        "status": h.status, "step": h.step, "job_id": h.job_id, "rotation": h.rotation,
+        "stats": {"ok": h.stats[0], "changed": h.stats[1], "failed": h.stats[2],
+                  "unreachable": h.stats[3], "skipped": h.stats[4]},
+        "started_at": ms(h.started_at), "finished_at": ms(h.finished_at),
+        "duration_ms": h.started_at.zip(h.finished_at).map(|(s, f)| f - s),
+        "error": h.error,
+    })
+}
+
+fn action_json(a: &HaproxyActionRow) -> Value {
+    json!({
+        "at": rfc3339(a.at), "host": a.host, "haproxy_vm": a.haproxy_vm, "backend": a.backend,
+        "server": a.server, "action": a.action, "ok": a.ok, "detail": a.detail,
+    })
+}
+
+/// A deployment as JSON; with hosts and actions for the detail view.
+pub fn deployment_json(
+    d: &DeploymentRow,
+    hosts: Option<&[HostRow]>,
+    actions: Option<&[HaproxyActionRow]>,
+) -> Value {
+    let request: Value = serde_json::from_str(&d.request).unwrap_or(Value::Null);
+    let mut v = json!({
+        "id": d.id, "application": d.application, "environment": d.environment, "team": d.team,
+        "status": d.status, "requested_by": d.requested_by,
+        "created_at": rfc3339(d.created_at), "started_at": ms(d.started_at), "finished_at": ms(d.finished_at),
+        "duration_ms": d.started_at.zip(d.finished_at).map(|(s, f)| f - s),
+        "query": d.query, "haproxy_query": d.haproxy_query,
+        "haproxy_vms": d.haproxy_vms.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+        "hosts_total": d.hosts_total, "cancel_requested": d.cancel_requested,
+        "concurrency": request["concurrency"], "max_unavailable": request["max_unavailable"],
+        "max_fail_percentage": request["max_fail_percentage"], "playbook": request["playbook"],
+        "changeset": request["changeset"], "error": d.error,
+    });
+    if let Some(hosts) = hosts {
+        let mut summary = json!({"pending": 0, "running": 0, "succeeded": 0, "failed": 0, "unreachable": 0, "skipped": 0});
+        for h in hosts {
+            if let Some(n) = summary.get_mut(h.status.as_str()) {
+                *n = (n.as_i64().unwrap_or(0) + 1).into();
+            }
+        }
+        v["summary"] = summary;
+        v["hosts"] = hosts.iter().map(host_json).collect();
+        v["request"] = request;
+    }
+    if let Some(actions) = actions {
+        v["haproxy_actions"] = actions.iter().map(action_json).collect();
+    }
+    v
+}
+
+fn invalid(field_and_message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        field_and_message,
+    )
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| invalid("Idempotency-Key: must be printable ASCII".into()))?;
+            if k.is_empty() || k.len() > 200 {
+                return Err(invalid("Idempotency-Key: must be 1-200 characters".into()));
+            }
+            Ok(Some(k.to_string()))
+        }
+    }
+}
+
+async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    req: DeployRequest,
+) -> Result<Response, ApiError> {
+    let deployments = &state.deployments;
+    if req.dry_run {
+        deployments
+            .validate(&req)
+            .map_err(|e| invalid(format!("{}: {}", e.field, e.message)))?;
+        let plan = make_plan(deployments, &req, true)
+            .await
+            .map_err(plan_error)?;
+        let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+        let concurrency = req.concurrency_for(names.len());
+        return Ok(Json(json!({
+            "dry_run": true, "application": req.application, "environment": req.environment,
+            "query": plan.query, "haproxy_query": plan.haproxy_query,
+            "concurrency": concurrency, "max_unavailable": req.max_unavailable_for(names.len()),
+            "hosts": plan.hosts, "batches": batches(&names, concurrency),
+            "haproxy": req.haproxy.as_ref().map(|h| json!({"backend": h.backend, "vms": plan.haproxy_vms})),
+            "problems": plan.problems,
+        }))
+        .into_response());
+    }
+    let key = idempotency_key(headers)?;
+    match deployments.submit(&req, &caller.name, key.as_deref()).await {
+        Ok(Submitted::Created(id)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "status": "pending", "url": format!("/v1/deployments/{id}")})),
+        )
+            .into_response()),
+        Ok(Submitted::Existing(id)) => {
+            let row = state.store.get_deployment(&id).await?;
+            Ok((
+                StatusCode::OK,
+                Json(json!({"id": id, "status": row.map(|r| r.status), "url": format!("/v1/deployments/{id}"), "idempotent_replay": true})),
+            )
+                .into_response())
+        }
+        Err(SubmitError::Invalid(e)) => Err(invalid(format!("{}: {}", e.field, e.message))),
+        Err(e @ SubmitError::Running(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "deployment_running",
+            e.to_string(),
+        )),
+        Err(SubmitError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn plan_error(e: PlanError) -> ApiError {
+    match e {
+        PlanError::Selector { .. } | PlanError::ServerName(_) => invalid(e.to_string()),
+        PlanError::NoInventory => {
+            ApiError::new(StatusCode::CONFLICT, "no_inventory", e.to_string())
+        }
+        PlanError::Inventory(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "inventory_unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+/// `POST /v1/deployments`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(json_rejection)?;
+    submit(&state, &caller, &headers, req).await
+}
+
+/// `GET /v1/deployments` filters.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    application: Option<String>,
+    environment: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// `GET /v1/deployments`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid("limit: must be between 1 and 1000".into()));
+    }
+    let offset = q.offset.unwrap_or(0).max(0);
+    let (rows, total) = state
+        .store
+        .list_deployments(
+            q.application.as_deref(),
+            q.environment.as_deref(),
+            q.status.as_deref(),
+            limit,
+            offset,
+        )
+        .await?;
+    Ok(Json(json!({
+        "deployments": rows.iter().map(|r| deployment_json(r, None, None)).collect::<Vec<_>>(),
+        "total": total,
+    })))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "deployment_not_found",
+        format!("no deployment {id:?}; `vesemir deployments list` shows them"),
+    )
+}
+
+/// `GET /v1/deployments/{id}`.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = state
+        .store
+        .get_deployment(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let hosts = state.store.deployment_hosts(&id).await?;
+    let actions = state.store.haproxy_actions(&id).await?;
+    Ok(Json(deployment_json(&row, Some(&hosts), Some(&actions))))
+}
+
+/// `POST /v1/deployments/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = state
+        .store
+        .get_deployment(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    if !state.deployments.cancel(&id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "deployment_finished",
+            format!("deployment {id} already ended {}", row.status),
+        ));
+    }
+    tracing::info!(deployment_id = %id, by = %caller.name, "cancel requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "cancelling"})),
+    )
+        .into_response())
+}
+
+/// `POST /v1/deployments/rollback` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    application: String,
+    environment: String,
+}
+
+/// `POST /v1/deployments/rollback`.
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Json<RollbackBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let done = state
+        .store
+        .succeeded_deployments(&body.application, &body.environment, 100)
+        .await?;
+    let current = done.first().and_then(|d| d.changeset_version.clone());
+    let previous = done
+        .iter()
+        .find(|d| d.changeset_version.is_some() && d.changeset_version != current);
+    let Some(previous) = previous else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_previous_release",
+            format!(
+                "no earlier successful changeset of {} in {} to roll back to",
+                body.application, body.environment
+            ),
+        ));
+    };
+    let mut req: DeployRequest = serde_json::from_str(&previous.request).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("stored request unreadable: {e}"),
+        )
+    })?;
+    req.dry_run = false;
+    tracing::info!(application = %body.application, environment = %body.environment, to = ?previous.changeset_version, "rollback requested");
+    submit(&state, &caller, &headers, req).await
+}
+
+/// `GET /v1/deployments/{id}/logs` parameters.
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /v1/deployments/{id}/logs`: NDJSON, optionally followed to the end.
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    state
+        .store
+        .get_deployment(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut after = q.after;
+        let mut updates = st.deployments.log_updates();
+        let mut idle = tokio::time::Instant::now();
+        loop {
+            let rows = match st.store.logs_after(&id, after, 500).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx
+                        .send(Ok(format!(
+                            "{}\n",
+                            json!({"type": "error", "message": e.to_string()})
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            if !rows.is_empty() {
+                let mut chunk = String::new();
+                for r in &rows {
+                    chunk.push_str(&super::logs::row_json(r).to_string());
+                    chunk.push('\n');
+                }
+                after = rows.last().map_or(after, |r| r.seq);
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                idle = tokio::time::Instant::now();
+                continue;
+            }
+            if !q.follow {
+                return;
+            }
+            // Caught up: finished deployments end the stream.
+            let status = match st.store.get_deployment(&id).await {
+                Ok(Some(r)) => r.status,
+                _ => return,
+            };
+            let finished = !matches!(status.as_str(), "pending" | "running");
+            if finished && !st.deployments.is_running_here(&id) {
+                // One last read: the writer may have flushed after our read.
+                if let Ok(rows) = st.store.logs_after(&id, after, 1).await {
+                    if !rows.is_empty() {
+                        continue;
+                    }
+                }
+                let _ = tx
+                    .send(Ok(format!(
+                        "{}\n",
+                        json!({"type": "end", "status": status})
+                    )))
+                    .await;
+                return;
+            }
+            if idle.elapsed() >= Duration::from_secs(10) {
+                if tx
+                    .send(Ok(format!("{}\n", json!({"type": "keepalive"}))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                idle = tokio::time::Instant::now();
+            }
+            // Woken by new rows; the timeout also covers other controllers
+            // writing to the same database.
+            let _ = tokio::time::timeout(Duration::from_millis(500), updates.changed()).await;
+        }
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,202 @@
+//! Rolling deployments: request validation, planning, the orchestrator, and
+//! the log stream followers read.
+//!
+//! - [`request`]: `DeployRequest` and its validation (API boundary).
+//! - [`plan`]: resolving hosts and HAProxy VMs; dry runs.
+//! - [`orchestrator`]: the sliding window, the capacity guard, one
+//!   [`orchestrator::HostRun`] per host (drain → wait → playbook → ready →
+//!   ramp, or maint on failure), resumption after a controller restart.
+//! - [`logs`]: the batched, ordered log writer.
+//!
+//! Invariant: every decision the orchestrator makes is written to the store
+//! before it acts on it (host started with its job id, rotation state before
+//! touching HAProxy), so a controller killed at any point can resume: it asks
+//! agents for job outcomes by job id instead of running jobs again, and it
+//! finishes the HAProxy steps of hosts that were in flight.
+
+pub mod http;
+pub mod logs;
+pub mod orchestrator;
+pub mod plan;
+pub mod request;
+
+use crate::fleet::Fleet;
+use crate::inventory::InventorySource;
+use crate::store::{Inserted, NewDeployment, Store, StoreError};
+use request::{DeployRequest, FieldError, PlaybookCatalog};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Playbooks the agents ship (what `playbook` may name).
+pub fn default_playbooks() -> Vec<String> {
+    vec![
+        "deploy.yml".into(),
+        "rollback.yml".into(),
+        "restart.yml".into(),
+    ]
+}
+
+/// What submitting a deployment gave.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Created and started.
+    Created(String),
+    /// Idempotency key seen before.
+    Existing(String),
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// A field is invalid.
+    #[error("{}: {}", .0.field, .0.message)]
+    Invalid(FieldError),
+    /// Another deployment of the same application and environment runs.
+    #[error("deployment {0} of this application and environment is running; wait for it or cancel it with `vesemir deployments cancel {0}`")]
+    Running(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The deployments service: owns the running orchestrators.
+pub struct Deployments {
+    pub(crate) store: Store,
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) inventory: Option<Arc<InventorySource>>,
+    /// Cancel tokens of the orchestrators running in this process.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Bumped whenever log rows are written, so followers wake up.
+    pub(crate) log_version: tokio::sync::watch::Sender<u64>,
+    /// Playbooks requests may name.
+    pub playbooks: Vec<String>,
+    /// How long to wait for an agent to (re)connect before calling it
+    /// unreachable when a deployment resumes.
+    pub agent_wait: Duration,
+    /// Stops every orchestrator (controller shutdown): they stop where they
+    /// are, the store says where, and the next start resumes.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Deployments {
+    /// A new service.
+    pub fn new(
+        store: Store,
+        fleet: Arc<Fleet>,
+        inventory: Option<Arc<InventorySource>>,
+    ) -> Arc<Deployments> {
+        Arc::new(Deployments {
+            store,
+            fleet,
+            inventory,
+            running: Mutex::new(HashMap::new()),
+            log_version: tokio::sync::watch::channel(0).0,
+            playbooks: default_playbooks(),
+            agent_wait: Duration::from_secs(30),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Validates the request.
+    pub fn validate(&self, req: &DeployRequest) -> Result<(), FieldError> {
+        req.validate(&PlaybookCatalog {
+            known: &self.playbooks,
+        })
+    }
+
+    /// Validates, stores and starts a deployment.
+    pub async fn submit(
+        self: &Arc<Self>,
+        req: &DeployRequest,
+        requested_by: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, SubmitError> {
+        self.validate(req).map_err(SubmitError::Invalid)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let request = serde_json::to_string(req).expect("request serializes");
+        let inserted = self
+            .store
+            .insert_deployment(&NewDeployment {
+                id: &id,
+                application: &req.application,
+                environment: &req.environment,
+                team: &req.team,
+                requested_by,
+                idempotency_key,
+                request: &request,
+                changeset_version: req.changeset.as_ref().map(|c| c.version.as_str()),
+            })
+            .await?;
+        match inserted {
+            Inserted::Created => {
+                tracing::info!(deployment_id = %id, application = %req.application, environment = %req.environment, by = requested_by, "deployment accepted");
+                self.spawn(id.clone());
+                Ok(Submitted::Created(id))
+            }
+            Inserted::Existing(existing) => Ok(Submitted::Existing(existing)),
+            Inserted::Running(running) => Err(SubmitError::Running(running)),
+        }
+    }
+
+    /// Runs (or resumes) a deployment in the background.
+    pub fn spawn(self: &Arc<Self>, id: String) {
+        let token = self.shutdown.child_token();
+        {
+            let mut running = self.running.lock().expect("running lock");
+            if running.contains_key(&id) {
+                return;
+            }
+            running.insert(id.clone(), token.clone());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let span = tracing::info_span!("deployment", deployment_id = %id);
+            let _ = tracing::Instrument::instrument(
+                orchestrator::run(this.clone(), id.clone(), token),
+                span,
+            )
+            .await;
+            this.running.lock().expect("running lock").remove(&id);
+        });
+    }
+
+    /// Resumes every deployment that was pending or running when the
+    /// controller stopped.
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let ids = self.store.unfinished_deployments().await?;
+        for id in &ids {
+            tracing::info!(deployment_id = %id, "resuming deployment");
+            self.spawn(id.clone());
+        }
+        Ok(ids.len())
+    }
+
+    /// Requests cancellation. False if the deployment already finished.
+    pub async fn cancel(&self, id: &str) -> Result<bool, StoreError> {
+        if !self.store.request_cancel(id).await? {
+            return Ok(false);
+        }
+        if let Some(t) = self.running.lock().expect("running lock").get(id) {
+            // The orchestrator reads the stored flag; this only wakes it.
+            t.cancel();
+        }
+        Ok(true)
+    }
+
+    /// Stops all orchestrators (shutdown). Their progress is in the store.
+    pub fn stop_all(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A receiver that changes whenever log rows were written.
+    pub fn log_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log_version.subscribe()
+    }
+
+    /// Whether a deployment's orchestrator runs in this process.
+    pub fn is_running_here(&self, id: &str) -> bool {
+        self.running.lock().expect("running lock").contains_key(id)
+    }
+}

@@ -1,0 +1,262 @@
+//! Planning: resolve the application's hosts and the HAProxy VMs, render
+//! server names, check agents and backends. A dry run stops here.
+
+use super::request::{render_server_name, DeployRequest, ServerNameInput};
+use super::Deployments;
+use crate::fleet::{AgentState, Fleet};
+use serde::Serialize;
+use std::time::Duration;
+use vesemir_protocol::job::{HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus};
+
+/// A host in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedHost {
+    /// Node name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// HAProxy server name.
+    pub server_name: String,
+    /// Agent state: connected, disconnected, stale, revoked, none.
+    pub agent: String,
+}
+
+/// An HAProxy VM in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedVm {
+    /// Node name.
+    pub name: String,
+    /// Agent state.
+    pub agent: String,
+    /// Servers of the backend on it (dry run only; empty if unknown).
+    pub servers: Vec<String>,
+}
+
+/// The plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Query sent for the hosts.
+    pub query: String,
+    /// Query sent for the HAProxy VMs.
+    pub haproxy_query: Option<String>,
+    /// Hosts in rollout order.
+    pub hosts: Vec<PlannedHost>,
+    /// HAProxy VMs.
+    pub haproxy_vms: Vec<PlannedVm>,
+    /// Everything that looks wrong.
+    pub problems: Vec<String>,
+}
+
+/// Why planning failed outright.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// No inventory configured.
+    #[error("no inventory configured: init the controller with --chef-url/--chef-client/--chef-key or --inventory FILE")]
+    NoInventory,
+    /// The selector is unusable (422).
+    #[error("{field}: {message}")]
+    Selector {
+        /// Field.
+        field: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// The inventory failed (Chef down, …).
+    #[error("inventory lookup failed: {0}")]
+    Inventory(String),
+    /// A server name could not be rendered for a host.
+    #[error("haproxy.server_name: {0}")]
+    ServerName(String),
+}
+
+/// The user-facing state of an agent by name.
+pub async fn agent_state(d: &Deployments, name: &str) -> String {
+    match d.store.get_agent(name).await {
+        Ok(Some(rec)) => match d.fleet.view(rec).state {
+            AgentState::Connected => "connected",
+            AgentState::Disconnected => "disconnected",
+            AgentState::Stale => "stale",
+            AgentState::Revoked => "revoked",
+        }
+        .to_string(),
+        Ok(None) => "none".into(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+fn selector_error(field: &'static str, e: crate::inventory::InventoryError) -> PlanError {
+    use crate::inventory::InventoryError as E;
+    match e {
+        E::EmptySelector | E::InvalidSelector(_) | E::RawQueryUnsupported => PlanError::Selector {
+            field,
+            message: e.to_string(),
+        },
+        other => PlanError::Inventory(other.to_string()),
+    }
+}
+
+/// Resolves hosts and HAProxy VMs. With `probe_backends`, asks each
+/// connected HAProxy VM which servers its backend has (dry run).
+pub async fn make_plan(
+    d: &Deployments,
+    req: &DeployRequest,
+    probe_backends: bool,
+) -> Result<Plan, PlanError> {
+    let inv = d.inventory.as_ref().ok_or(PlanError::NoInventory)?;
+    let res = inv
+        .resolve(&req.selector)
+        .await
+        .map_err(|e| selector_error("selector", e))?;
+    let mut problems = Vec::new();
+    if res.hosts.is_empty() {
+        problems.push(format!("no hosts match the selector ({})", res.query));
+    }
+    let mut hosts = Vec::with_capacity(res.hosts.len());
+    for h in &res.hosts {
+        let server_name = match &req.haproxy {
+            Some(hp) => render_server_name(
+                &hp.server_name,
+                &ServerNameInput {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    fqdn: h.fqdn.clone().unwrap_or_else(|| h.name.clone()),
+                    hostname: h.hostname.clone().unwrap_or_else(|| h.name.clone()),
+                },
+            )
+            .map_err(|m| PlanError::ServerName(format!("host {}: {m}", h.name)))?,
+            None => h.name.clone(),
+        };
+        let agent = agent_state(d, &h.name).await;
+        if agent != "connected" {
+            problems.push(match agent.as_str() {
+                "none" => format!(
+                    "{}: no agent enrolled (it will be reported unreachable)",
+                    h.name
+                ),
+                s => format!("{}: agent {s} (it will be reported unreachable)", h.name),
+            });
+        }
+        hosts.push(PlannedHost {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            server_name,
+            agent,
+        });
+    }
+    let mut haproxy_query = None;
+    let mut vms = Vec::new();
+    if let Some(hp) = &req.haproxy {
+        let res = inv
+            .resolve(&hp.selector)
+            .await
+            .map_err(|e| selector_error("haproxy.selector", e))?;
+        haproxy_query = Some(res.query.clone());
+        if res.hosts.is_empty() {
+            problems.push(format!("haproxy.selector matches no VMs ({})", res.query));
+        }
+        for vm in res.hosts {
+            let agent = agent_state(d, &vm.name).await;
+            let mut servers = Vec::new();
+            if agent != "connected" {
+                problems.push(format!(
+                    "HAProxy VM {}: agent {agent}; its servers can't be drained",
+                    vm.name
+                ));
+            } else if probe_backends {
+                match backend_servers(&d.fleet, &vm.name, &hp.backend).await {
+                    Ok(list) => {
+                        for h in &hosts {
+                            if !list.contains(&h.server_name) {
+                                problems.push(format!(
+                                    "HAProxy VM {}: backend {} has no server {} (host {})",
+                                    vm.name, hp.backend, h.server_name, h.name
+                                ));
+                            }
+                        }
+                        servers = list;
+                    }
+                    Err(e) => problems.push(format!("HAProxy VM {}: {e}", vm.name)),
+                }
+            }
+            vms.push(PlannedVm {
+                name: vm.name,
+                agent,
+                servers,
+            });
+        }
+    }
+    Ok(Plan {
+        query: res.query,
+        haproxy_query,
+        hosts,
+        haproxy_vms: vms,
+        problems,
+    })
+}
+
+/// Runs HAProxy actions on one VM through its agent; the outcome's output
+/// is the JSON list of replies.
+pub async fn haproxy_job(
+    fleet: &Fleet,
+    vm: &str,
+    deployment_id: Option<&str>,
+    actions: Vec<HaproxyAction>,
+    timeout: Duration,
+) -> Result<JobOutcome, String> {
+    let req = JobRequest {
+        job_id: uuid::Uuid::now_v7().to_string(),
+        deployment_id: deployment_id.map(str::to_string),
+        kind: JobKind::Haproxy(actions),
+    };
+    let run = async {
+        let mut stream = fleet.start_job(vm, &req).await.map_err(|e| e.to_string())?;
+        loop {
+            match stream.next().await.map_err(|e| e.to_string())? {
+                Some(JobEvent::Finished(o)) => return Ok(o),
+                Some(_) => {}
+                None => return Err(format!("agent {vm} closed the job stream without a result")),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("HAProxy VM {vm} did not answer within {timeout:?}"))?
+}
+
+async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<String>, String> {
+    let out = haproxy_job(
+        fleet,
+        vm,
+        None,
+        vec![HaproxyAction::ServersState {
+            backend: backend.to_string(),
+        }],
+        Duration::from_secs(15),
+    )
+    .await?;
+    if out.status != JobStatus::Succeeded {
+        return Err(out.error.unwrap_or_else(|| "HAProxy query failed".into()));
+    }
+    let replies: serde_json::Value = out
+        .output
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    Ok(replies[0]["ServersState"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Batches as the sliding window would start them if every host took the
+/// same time (for the dry-run view).
+pub fn batches(names: &[String], concurrency: usize) -> Vec<Vec<String>> {
+    names
+        .chunks(concurrency.max(1))
+        .map(|c| c.to_vec())
+        .collect()
+}

@@ -1,0 +1,465 @@
+//! The deployment request (API boundary) and its validation. Every problem
+//! names the field, so the API can answer 422 with something to act on.
+
+use crate::api::{check_changeset, valid_playbook_name, ChangesetBody};
+use crate::inventory::Selector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/deployments` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// Application name.
+    pub application: String,
+    /// Environment (production, staging, …).
+    pub environment: String,
+    /// Team that owns the application.
+    pub team: String,
+    /// Which VMs run the application.
+    pub selector: Selector,
+    /// HAProxy choreography; none means no traffic steps.
+    #[serde(default)]
+    pub haproxy: Option<HaproxySpec>,
+    /// Hosts at a time: a number or "N%".
+    #[serde(default = "default_concurrency")]
+    pub concurrency: Concurrency,
+    /// Servers out of rotation at once; default = concurrency.
+    #[serde(default)]
+    pub max_unavailable: Option<u32>,
+    /// Failures tolerated before aborting, percent of hosts.
+    #[serde(default)]
+    pub max_fail_percentage: u32,
+    /// Playbook shipped with the agents.
+    #[serde(default = "default_playbook")]
+    pub playbook: String,
+    /// Variables for the playbook.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// What to install.
+    #[serde(default)]
+    pub changeset: Option<ChangesetBody>,
+    /// Plan only.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_concurrency() -> Concurrency {
+    Concurrency::Count(1)
+}
+
+fn default_playbook() -> String {
+    "deploy.yml".into()
+}
+
+/// Hosts at a time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Concurrency {
+    /// A number of hosts.
+    Count(i64),
+    /// A percentage of the hosts, written "25%".
+    Percent(String),
+}
+
+/// HAProxy part of a request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxySpec {
+    /// Backend the app's servers are in.
+    pub backend: String,
+    /// Which VMs run HAProxy.
+    pub selector: Selector,
+    /// Longest wait for a drained server's sessions to end.
+    #[serde(default = "default_degradation")]
+    pub degradation_seconds: u64,
+    /// `drain` or `maint`.
+    #[serde(default = "default_drain_mode")]
+    pub drain_mode: String,
+    /// Weight ramp in percent, ending at 100.
+    #[serde(default = "default_weights")]
+    pub weights: Vec<u32>,
+    /// Pause between ramp steps.
+    #[serde(default)]
+    pub sleep_seconds: u64,
+    /// Template of the server name per host.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_degradation() -> u64 {
+    30
+}
+fn default_drain_mode() -> String {
+    "drain".into()
+}
+fn default_weights() -> Vec<u32> {
+    vec![100]
+}
+fn default_server_name() -> String {
+    "{{ name }}".into()
+}
+
+/// A validation failure: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Plain names: applications, environments, teams.
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// What the controller knows about the shipped playbooks.
+pub struct PlaybookCatalog<'a> {
+    /// Playbook names the agents ship.
+    pub known: &'a [String],
+}
+
+/// Playbooks that install a changeset and so need one.
+fn needs_changeset(playbook: &str) -> bool {
+    playbook == "deploy.yml"
+}
+
+impl DeployRequest {
+    /// Checks every field; the first problem is returned.
+    pub fn validate(&self, catalog: &PlaybookCatalog) -> Result<(), FieldError> {
+        for (field, v) in [
+            ("application", &self.application),
+            ("environment", &self.environment),
+            ("team", &self.team),
+        ] {
+            if !valid_label(v) {
+                return Err(err(
+                    field,
+                    "must be 1-64 characters of letters, digits, '-', '_', '.'",
+                ));
+            }
+        }
+        self.selector
+            .validate()
+            .map_err(|e| err("selector", e.to_string()))?;
+        match &self.concurrency {
+            Concurrency::Count(n) if *n < 1 => {
+                return Err(err(
+                    "concurrency",
+                    "must be at least 1 (or a percentage like \"25%\")",
+                ))
+            }
+            Concurrency::Count(n) if *n > 10_000 => {
+                return Err(err("concurrency", "must be at most 10000"))
+            }
+            Concurrency::Count(_) => {}
+            Concurrency::Percent(p) => {
+                parse_percent(p).ok_or_else(|| {
+                    err(
+                        "concurrency",
+                        "must be a number or a percentage from 1% to 100%",
+                    )
+                })?;
+            }
+        }
+        if let Some(m) = self.max_unavailable {
+            if m < 1 {
+                return Err(err("max_unavailable", "must be at least 1"));
+            }
+        }
+        if self.max_fail_percentage > 100 {
+            return Err(err("max_fail_percentage", "must be between 0 and 100"));
+        }
+        if !valid_playbook_name(&self.playbook) || !catalog.known.contains(&self.playbook) {
+            return Err(err(
+                "playbook",
+                format!(
+                    "unknown playbook {:?}; the agents ship: {}",
+                    self.playbook,
+                    catalog.known.join(", ")
+                ),
+            ));
+        }
+        for (k, v) in &self.vars {
+            let ok_key = !k.is_empty()
+                && k.len() <= 64
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !k.as_bytes()[0].is_ascii_digit();
+            if !ok_key {
+                return Err(err(
+                    &format!("vars.{k}"),
+                    "variable names are letters, digits and '_', not starting with a digit",
+                ));
+            }
+            if v.len() > 4096 {
+                return Err(err(&format!("vars.{k}"), "value longer than 4096 bytes"));
+            }
+        }
+        match &self.changeset {
+            Some(c) => {
+                if c.sha256.is_empty() {
+                    return Err(err(
+                        "changeset.sha256",
+                        "missing: give the artifact's SHA-256",
+                    ));
+                }
+                check_changeset(c).map_err(|(f, m)| err(f, m))?;
+            }
+            None if needs_changeset(&self.playbook) => {
+                return Err(err(
+                    "changeset",
+                    format!(
+                        "{} installs a changeset: give version, url and sha256",
+                        self.playbook
+                    ),
+                ))
+            }
+            None => {}
+        }
+        if let Some(h) = &self.haproxy {
+            h.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The concurrency as a host count for `total` hosts.
+    pub fn concurrency_for(&self, total: usize) -> usize {
+        match &self.concurrency {
+            Concurrency::Count(n) => (*n).max(1) as usize,
+            Concurrency::Percent(p) => {
+                let pct = parse_percent(p).unwrap_or(100) as usize;
+                (total * pct).div_ceil(100).max(1)
+            }
+        }
+    }
+
+    /// Servers allowed out of rotation at once.
+    pub fn max_unavailable_for(&self, total: usize) -> usize {
+        self.max_unavailable
+            .map(|m| m as usize)
+            .unwrap_or_else(|| self.concurrency_for(total))
+    }
+}
+
+/// "25%" → 25, within 1..=100.
+pub fn parse_percent(p: &str) -> Option<u32> {
+    let n: u32 = p.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (1..=100).contains(&n).then_some(n)
+}
+
+impl HaproxySpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        if vesemir_agent_names::valid(&self.backend).is_err() {
+            return Err(err(
+                "haproxy.backend",
+                "must be an HAProxy backend name: letters, digits, '_', '.', ':', '-'",
+            ));
+        }
+        self.selector
+            .validate()
+            .map_err(|e| err("haproxy.selector", e.to_string()))?;
+        if self.degradation_seconds > 3600 {
+            return Err(err("haproxy.degradation_seconds", "must be at most 3600"));
+        }
+        if self.drain_mode != "drain" && self.drain_mode != "maint" {
+            return Err(err("haproxy.drain_mode", "must be \"drain\" or \"maint\""));
+        }
+        if self.weights.is_empty() || self.weights.len() > 20 {
+            return Err(err(
+                "haproxy.weights",
+                "give 1 to 20 percentages, e.g. [10, 50, 100]",
+            ));
+        }
+        if self.weights.iter().any(|w| !(1..=100).contains(w)) {
+            return Err(err(
+                "haproxy.weights",
+                "each weight must be between 1 and 100 (percent)",
+            ));
+        }
+        if self.weights.windows(2).any(|w| w[0] > w[1]) {
+            return Err(err("haproxy.weights", "must be ascending"));
+        }
+        if self.weights.last() != Some(&100) {
+            return Err(err("haproxy.weights", "must end at 100"));
+        }
+        if self.sleep_seconds > 3600 {
+            return Err(err("haproxy.sleep_seconds", "must be at most 3600"));
+        }
+        render_server_name(&self.server_name, &ServerNameInput::example())
+            .map_err(|m| err("haproxy.server_name", m))?;
+        Ok(())
+    }
+}
+
+/// What a server-name template can use.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerNameInput {
+    /// Node name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// FQDN, or the name.
+    pub fqdn: String,
+    /// Short host name, or the name.
+    pub hostname: String,
+}
+
+impl ServerNameInput {
+    fn example() -> Self {
+        ServerNameInput {
+            name: "web-1".into(),
+            address: "10.0.0.1".into(),
+            fqdn: "web-1.example.com".into(),
+            hostname: "web-1".into(),
+        }
+    }
+}
+
+/// Renders a server-name template (strict: unknown variables are errors) and
+/// checks the result is a valid HAProxy server name.
+pub fn render_server_name(template: &str, input: &ServerNameInput) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let out = env
+        .render_str(template, input)
+        .map_err(|e| format!("template error: {e}; use name, address, fqdn or hostname"))?;
+    let out = out.trim().to_string();
+    vesemir_agent_names::valid(&out).map_err(|_| {
+        format!(
+            "renders to {out:?}, not an HAProxy server name (letters, digits, '_', '.', ':', '-')"
+        )
+    })?;
+    Ok(out)
+}
+
+/// HAProxy name rules (kept in step with the agent's own check, which is
+/// authoritative: it refuses bad names before touching the socket).
+mod vesemir_agent_names {
+    pub fn valid(name: &str) -> Result<(), ()> {
+        let ok = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> DeployRequest {
+        serde_json::from_value(serde_json::json!({
+            "application": "pay", "environment": "prod", "team": "t",
+            "selector": {"tags": ["app:pay"]},
+            "haproxy": {"backend": "pay", "selector": {"recipes": ["haproxy"]}, "weights": [10, 50, 100]},
+            "concurrency": 2,
+            "changeset": {"version": "1.0", "url": "http://x/a.tgz", "sha256": "a".repeat(64)}
+        }))
+        .unwrap()
+    }
+
+    fn check(mutate: impl FnOnce(&mut serde_json::Value), field: Option<&str>) {
+        let mut v = serde_json::to_value(base()).unwrap();
+        mutate(&mut v);
+        let known = vec!["deploy.yml".to_string(), "restart.yml".to_string()];
+        let r: Result<DeployRequest, _> = serde_json::from_value(v);
+        let got = r.map_err(|e| e.to_string()).and_then(|r| {
+            r.validate(&PlaybookCatalog { known: &known })
+                .map_err(|e| e.field)
+        });
+        match field {
+            None => assert_eq!(got, Ok(())),
+            Some(f) => assert_eq!(got, Err(f.to_string())),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        check(|_| {}, None);
+        check(|v| v["concurrency"] = 0.into(), Some("concurrency"));
+        check(|v| v["concurrency"] = "0%".into(), Some("concurrency"));
+        check(|v| v["concurrency"] = "50%".into(), None);
+        check(|v| v["playbook"] = "nope.yml".into(), Some("playbook"));
+        check(
+            |v| v["changeset"]["sha256"] = "".into(),
+            Some("changeset.sha256"),
+        );
+        check(
+            |v| v["changeset"]["sha256"] = "xyz".into(),
+            Some("changeset.sha256"),
+        );
+        check(
+            |v| v["changeset"] = serde_json::Value::Null,
+            Some("changeset"),
+        );
+        check(
+            |v| v["haproxy"]["weights"] = serde_json::json!([10, 150]),
+            Some("haproxy.weights"),
+        );
+        check(
+            |v| v["haproxy"]["weights"] = serde_json::json!([50, 10, 100]),
+            Some("haproxy.weights"),
+        );
+        check(
+            |v| v["haproxy"]["weights"] = serde_json::json!([10, 50]),
+            Some("haproxy.weights"),
+        );
+        check(|v| v["selector"] = serde_json::json!({}), Some("selector"));
+        check(
+            |v| v["haproxy"]["server_name"] = "{{ nope }}".into(),
+            Some("haproxy.server_name"),
+        );
+        check(
+            |v| v["haproxy"]["drain_mode"] = "off".into(),
+            Some("haproxy.drain_mode"),
+        );
+        check(|v| v["application"] = "a b".into(), Some("application"));
+        check(
+            |v| v["max_fail_percentage"] = 101.into(),
+            Some("max_fail_percentage"),
+        );
+        check(|v| v["playbook"] = "restart.yml".into(), None);
+    }
+
+    #[test]
+    fn concurrency_counts() {
+        let mut r = base();
+        assert_eq!(r.concurrency_for(5), 2);
+        assert_eq!(r.max_unavailable_for(5), 2);
+        r.concurrency = Concurrency::Percent("25%".into());
+        assert_eq!(r.concurrency_for(5), 2);
+        assert_eq!(r.concurrency_for(100), 25);
+        assert_eq!(r.concurrency_for(1), 1);
+        r.max_unavailable = Some(1);
+        assert_eq!(r.max_unavailable_for(5), 1);
+    }
+
+    #[test]
+    fn server_names_render_strictly() {
+        let i = ServerNameInput::example();
+        assert_eq!(render_server_name("{{ name }}", &i).unwrap(), "web-1");
+        assert_eq!(
+            render_server_name("{{ hostname }}-srv", &i).unwrap(),
+            "web-1-srv"
+        );
+        assert!(render_server_name("{{ name }} x", &i).is_err());
+        assert!(render_server_name("{{ missing }}", &i).is_err());
+    }
+}
