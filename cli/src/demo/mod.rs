@@ -1,14 +1,282 @@
-//! `vesemir demo`: a local fleet and a real rolling deploy.
-//! (Being built.)
+//! `vesemir demo`: a local fleet and a real rolling deploy, in one command.
+//!
+//! - [`fleet`]: [`LocalFleet`], the controller + agents + HAProxy + sample
+//!   apps on loopback that the demo and the end-to-end tests build on.
+//! - [`traffic`]: the client that sends requests through HAProxy during a
+//!   deploy, and the sampler of servers out of rotation.
+//! - [`haproxy`]: the demo's HAProxy config and its admin socket.
+//! - [`artifacts`]: changeset tarballs and the HTTP server that serves them.
+//!
+//! The demo deploys v1 (which starts the apps: before it there is no
+//! release), then v2 rolling at concurrency 2 while the traffic client
+//! runs, and reports how many requests failed. Everything it starts, it
+//! stops, also on error and Ctrl-C.
 
-use anyhow::Result;
+pub mod artifacts;
+pub mod fleet;
+pub mod haproxy;
+mod procs;
+pub mod traffic;
+
+pub use artifacts::Changeset;
+pub use fleet::{AppHost, HaproxyMode, LocalFleet, LocalFleetBuilder};
+pub use procs::{free_port, pid_alive, Binaries};
+
+use anyhow::{bail, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use traffic::{RotationSampler, Traffic};
 
 /// `vesemir demo` flags.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Number of app hosts.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub app_hosts: u16,
+    /// Build everything in DIR (must be empty or new; kept afterwards)
+    /// instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the directory (logs, database, releases) and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+    /// Run without HAProxy even if it is installed.
+    #[arg(long)]
+    pub no_haproxy: bool,
+    /// Where the vesemir binaries are (default: next to this one).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// How long one deploy of the demo may take.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs the demo.
-pub async fn run(_args: DemoArgs) -> Result<ExitCode> {
-    anyhow::bail!("vesemir demo is being built")
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    println!("vesemir demo: a controller, {} app hosts and a load balancer on this machine, then a rolling deploy.", args.app_hosts);
+    let haproxy_mode = if args.no_haproxy {
+        HaproxyMode::Off
+    } else if haproxy::installed() {
+        HaproxyMode::Required
+    } else {
+        println!("haproxy is not installed, so the demo runs without the traffic steps.");
+        println!(
+            "  To see zero failed requests during a rolling deploy: apt-get install -y haproxy"
+        );
+        HaproxyMode::Off
+    };
+    let mut builder = LocalFleet::builder()
+        .app_hosts(args.app_hosts as usize)
+        .haproxy(haproxy_mode)
+        .keep(args.keep)
+        .verbose(true);
+    if let Some(d) = &args.dir {
+        builder = builder.dir(d);
+    }
+    if let Some(d) = &args.bin_dir {
+        builder = builder.bin_dir(d);
+    }
+    let keep = args.keep || args.dir.is_some();
+    let started = Instant::now();
+
+    // Ctrl-C at any point drops the fleet, which stops everything.
+    let outcome = tokio::select! {
+        r = async {
+            println!("\n==> starting the fleet");
+            let mut fleet = builder.start().await?;
+            let r = demo(&fleet).await;
+            if r.is_err() {
+                eprintln!("{}", fleet.logs(15));
+            }
+            println!("\n==> stopping everything the demo started");
+            fleet.shutdown();
+            if keep {
+                println!("kept: {}", fleet.dir().display());
+            }
+            r
+        } => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: stopped everything the demo started");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let ok = outcome?;
+    println!("demo took {:.1}s", started.elapsed().as_secs_f64());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The demo itself, on a started fleet. True if both deploys succeeded and
+/// no request failed.
+async fn demo(fleet: &LocalFleet) -> Result<bool> {
+    let v1 = fleet.publish("1.0.0")?;
+    let v2 = fleet.publish("2.0.0")?;
+    println!(
+        "changesets: {} and {} served from {}",
+        v1.version,
+        v2.version,
+        v1.url.rsplit_once('/').map(|x| x.0).unwrap_or("")
+    );
+
+    println!(
+        "\n==> deploy {} (first release: starts the apps)",
+        v1.version
+    );
+    let (d1, t1) = deploy_live(fleet, &v1).await?;
+    let s1 = d1["status"].as_str().unwrap_or("").to_string();
+    if s1 != "succeeded" {
+        print_summary(fleet, &d1).await;
+        println!("deploy {} ended {s1}: {}", v1.version, d1["error"]);
+        return Ok(false);
+    }
+    let haproxy = fleet.haproxy().cloned();
+    if haproxy.is_some() {
+        fleet.wait_all_in_rotation(Duration::from_secs(20)).await?;
+        println!("all {} servers in rotation in HAProxy", fleet.hosts().len());
+    }
+
+    println!(
+        "\n==> rolling deploy of {} at concurrency 2{}",
+        v2.version,
+        if haproxy.is_some() {
+            ", while a client sends requests through HAProxy"
+        } else {
+            ""
+        }
+    );
+    let watchers = haproxy.as_ref().map(|h| {
+        (
+            Traffic::start(h.frontend, 4, Duration::from_millis(5)),
+            RotationSampler::start(
+                h.socket.clone(),
+                h.backend.clone(),
+                Duration::from_millis(50),
+            ),
+        )
+    });
+    let r = deploy_live(fleet, &v2).await;
+    let watched = match watchers {
+        Some((t, s)) => Some((t.stop().await, s.stop().await)),
+        None => None,
+    };
+    let (d2, t2) = r?;
+    print_summary(fleet, &d2).await;
+    let s2 = d2["status"].as_str().unwrap_or("");
+    println!(
+        "\n{}: {s1} in {:.1}s; {}: {s2} in {:.1}s (rolling, concurrency 2)",
+        v1.version,
+        t1.as_secs_f64(),
+        v2.version,
+        t2.as_secs_f64()
+    );
+    let mut ok = s2 == "succeeded";
+    match watched {
+        Some((traffic, rotation)) => {
+            println!("requests: {} sent, {} failed", traffic.sent, traffic.failed);
+            let versions: Vec<String> = traffic
+                .versions
+                .iter()
+                .map(|(v, n)| format!("{v}: {n}"))
+                .collect();
+            println!("  answers by version: {}", versions.join(", "));
+            for e in &traffic.errors {
+                println!("  failure: {e}");
+            }
+            println!(
+                "max servers out of rotation: {} (max_unavailable 2; {} samples of `show servers state`)",
+                rotation.max_out, rotation.samples
+            );
+            ok &= traffic.failed == 0;
+        }
+        None => println!("requests: none sent (no HAProxy)"),
+    }
+    Ok(ok)
+}
+
+/// Submits a deploy of `changeset` and shows it live until it ends.
+async fn deploy_live(fleet: &LocalFleet, changeset: &Changeset) -> Result<(Value, Duration)> {
+    let started = Instant::now();
+    let id = fleet.submit(&fleet.deploy_request(changeset)).await?;
+    println!("deployment {id} accepted (202); following it:");
+    let deadline = started + DEPLOY_TIMEOUT;
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let d = match fleet.deployment(&id).await {
+            Ok(d) => d,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("  (controller: {e})");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for h in d["hosts"].as_array().into_iter().flatten() {
+            let name = h["name"].as_str().unwrap_or("?").to_string();
+            let status = h["status"].as_str().unwrap_or("");
+            let now = match h["step"].as_str() {
+                Some(step) if status == "running" => format!("{status} ({step})"),
+                _ => status.to_string(),
+            };
+            if seen.get(&name) != Some(&now) {
+                let extra = h["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "  [{:>5.1}s] {name:<8} {now}{extra}",
+                    started.elapsed().as_secs_f64()
+                );
+                seen.insert(name, now);
+            }
+        }
+        let status = d["status"].as_str().unwrap_or("");
+        if fleet::is_final(status) {
+            println!(
+                "  [{:>5.1}s] deployment {status}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok((d, started.elapsed()));
+        }
+        if Instant::now() > deadline {
+            bail!("deployment {id} did not finish within {DEPLOY_TIMEOUT:?} (status {status})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Per-host table: status, stats, duration, the version it serves now.
+async fn print_summary(fleet: &LocalFleet, d: &Value) {
+    let versions = fleet.versions().await;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "host", "status", "ok", "changed", "failed", "duration", "serves",
+    ]);
+    for h in d["hosts"].as_array().into_iter().flatten() {
+        let name = h["name"].as_str().unwrap_or("?");
+        let serves = fleet
+            .hosts()
+            .iter()
+            .position(|x| x.name == name)
+            .and_then(|i| versions[i].clone())
+            .unwrap_or_else(|| "-".into());
+        let ms = h["duration_ms"].as_f64();
+        t.add_row(vec![
+            name.to_string(),
+            h["status"].as_str().unwrap_or("").to_string(),
+            h["stats"]["ok"].to_string(),
+            h["stats"]["changed"].to_string(),
+            h["stats"]["failed"].to_string(),
+            ms.map(|m| format!("{:.1}s", m / 1000.0))
+                .unwrap_or_else(|| "-".into()),
+            serves,
+        ]);
+    }
+    println!("{t}");
 }
