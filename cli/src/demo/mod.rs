@@ -23,9 +23,7 @@ pub use fleet::{AppHost, HaproxyMode, LocalFleet, LocalFleetBuilder};
 pub use procs::{free_port, pid_alive, Binaries};
 
 use anyhow::{bail, Result};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -132,7 +130,7 @@ async fn demo(fleet: &LocalFleet) -> Result<bool> {
     let (d1, t1) = deploy_live(fleet, &v1).await?;
     let s1 = d1["status"].as_str().unwrap_or("").to_string();
     if s1 != "succeeded" {
-        print_summary(fleet, &d1).await;
+        print_summary(fleet).await;
         println!("deploy {} ended {s1}: {}", v1.version, d1["error"]);
         return Ok(false);
     }
@@ -167,7 +165,7 @@ async fn demo(fleet: &LocalFleet) -> Result<bool> {
         None => None,
     };
     let (d2, t2) = r?;
-    print_summary(fleet, &d2).await;
+    print_summary(fleet).await;
     let s2 = d2["status"].as_str().unwrap_or("");
     println!(
         "\n{}: {s1} in {:.1}s; {}: {s2} in {:.1}s (rolling, concurrency 2)",
@@ -200,83 +198,57 @@ async fn demo(fleet: &LocalFleet) -> Result<bool> {
     Ok(ok)
 }
 
-/// Submits a deploy of `changeset` and shows it live until it ends.
+/// `vesemir deploy … --follow` for `changeset`: the CLI's own live view.
+/// Returns the deployment as stored once it ended, and how long it took.
 async fn deploy_live(fleet: &LocalFleet, changeset: &Changeset) -> Result<(Value, Duration)> {
-    let started = Instant::now();
-    let id = fleet.submit(&fleet.deploy_request(changeset)).await?;
-    println!("deployment {id} accepted (202); following it:");
-    let deadline = started + DEPLOY_TIMEOUT;
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    loop {
-        let d = match fleet.deployment(&id).await {
-            Ok(d) => d,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("  (controller: {e})");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        for h in d["hosts"].as_array().into_iter().flatten() {
-            let name = h["name"].as_str().unwrap_or("?").to_string();
-            let status = h["status"].as_str().unwrap_or("");
-            let now = match h["step"].as_str() {
-                Some(step) if status == "running" => format!("{status} ({step})"),
-                _ => status.to_string(),
-            };
-            if seen.get(&name) != Some(&now) {
-                let extra = h["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                println!(
-                    "  [{:>5.1}s] {name:<8} {now}{extra}",
-                    started.elapsed().as_secs_f64()
-                );
-                seen.insert(name, now);
-            }
-        }
-        let status = d["status"].as_str().unwrap_or("");
-        if fleet::is_final(status) {
-            println!(
-                "  [{:>5.1}s] deployment {status}",
-                started.elapsed().as_secs_f64()
-            );
-            return Ok((d, started.elapsed()));
-        }
-        if Instant::now() > deadline {
-            bail!("deployment {id} did not finish within {DEPLOY_TIMEOUT:?} (status {status})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    #[derive(clap::Parser)]
+    #[command(name = "vesemir deploy")]
+    struct DeployCommand {
+        #[command(flatten)]
+        args: crate::deploy::DeployArgs,
     }
+    let started = Instant::now();
+    let mut argv = vec!["deploy".to_string()];
+    argv.extend(fleet.deploy_flags(changeset));
+    argv.push("--follow".into());
+    println!("$ vesemir {}", argv.join(" "));
+    let cmd = <DeployCommand as clap::Parser>::try_parse_from(&argv)?;
+    let code = tokio::time::timeout(DEPLOY_TIMEOUT, crate::deploy::deploy(fleet.api(), cmd.args))
+        .await
+        .map_err(|_| anyhow::anyhow!("the deploy did not finish within {DEPLOY_TIMEOUT:?}"))??;
+    let took = started.elapsed();
+    let list: Value = fleet
+        .api()
+        .json(fleet.api().req(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/deployments?application={}&environment={}&limit=1",
+                fleet::APP,
+                fleet::ENV
+            ),
+        ))
+        .await?;
+    let id = list["deployments"][0]["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no deployment listed after the deploy: {list}"))?;
+    let d = fleet.wait_deployment(id, Duration::from_secs(30)).await?;
+    if (code == ExitCode::SUCCESS) != (d["status"] == "succeeded") {
+        bail!(
+            "`vesemir deploy` exited {code:?} but deployment {id} is {}",
+            d["status"]
+        );
+    }
+    Ok((d, took))
 }
 
-/// Per-host table: status, stats, duration, the version it serves now.
-async fn print_summary(fleet: &LocalFleet, d: &Value) {
+/// What each app host serves now (`GET /` on its port).
+async fn print_summary(fleet: &LocalFleet) {
     let versions = fleet.versions().await;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "host", "status", "ok", "changed", "failed", "duration", "serves",
-    ]);
-    for h in d["hosts"].as_array().into_iter().flatten() {
-        let name = h["name"].as_str().unwrap_or("?");
-        let serves = fleet
-            .hosts()
-            .iter()
-            .position(|x| x.name == name)
-            .and_then(|i| versions[i].clone())
-            .unwrap_or_else(|| "-".into());
-        let ms = h["duration_ms"].as_f64();
-        t.add_row(vec![
-            name.to_string(),
-            h["status"].as_str().unwrap_or("").to_string(),
-            h["stats"]["ok"].to_string(),
-            h["stats"]["changed"].to_string(),
-            h["stats"]["failed"].to_string(),
-            ms.map(|m| format!("{:.1}s", m / 1000.0))
-                .unwrap_or_else(|| "-".into()),
-            serves,
-        ]);
-    }
-    println!("{t}");
+    let serving: Vec<String> = fleet
+        .hosts()
+        .iter()
+        .zip(versions)
+        .map(|(h, v)| format!("{} {}", h.name, v.unwrap_or_else(|| "down".into())))
+        .collect();
+    println!("serving now (GET / on each app): {}", serving.join(" · "));
 }
