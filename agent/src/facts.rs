@@ -22,7 +22,7 @@ pub fn collect(data_dir: &Path, running_jobs: Vec<String>) -> Facts {
             .unwrap_or(0),
         load: load_average(),
         disk_free_bytes: nix::sys::statvfs::statvfs(data_dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0),
         running_jobs,
     }

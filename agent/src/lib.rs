@@ -1,14 +1,14 @@
 //! vesemir agent library.
 //!
 //! Layout:
-//! - [`enroll`]: `vesemir-agent enroll` (key generated here, CSR + token).
-//! - [`identity`]: key/cert/CA on disk, TLS client configs, renewal install.
-//! - [`session`]: the QUIC connection to the controller: reconnect with
+//! - [`enroll`] — `vesemir-agent enroll` (key generated here, CSR + token).
+//! - [`identity`] — key/cert/CA on disk, TLS client configs, renewal install.
+//! - [`session`] — the QUIC connection to the controller: reconnect with
 //!   backoff and jitter, heartbeats with [`facts`], renewal, job streams.
-//! - [`jobs`]: serves job streams: playbooks ([`runner`]), HAProxy actions
+//! - [`jobs`] — serves job streams: playbooks ([`runner`]), HAProxy actions
 //!   ([`haproxy`]), outcome queries against the [`journal`].
-//! - [`runner`]: the playbook runner and its modules.
-//! - [`journal`]: the local job journal (never run a job id twice).
+//! - [`runner`] — the playbook runner and its modules.
+//! - [`journal`] — the local job journal (never run a job id twice).
 //!
 //! Architecture invariant: only the agent runs processes on a VM, and only
 //! through [`runner`].

@@ -2,12 +2,12 @@
 //! calls into these modules; the end-to-end tests reuse [`demo`]'s local
 //! fleet builder.
 //!
-//! - [`client`]: finding the controller, HTTP calls, API errors.
-//! - [`agents`]: `vesemir agents …`.
-//! - [`inventory`]: `vesemir inventory resolve` and the selector flags.
-//! - [`live`]: rendering job events live.
-//! - [`deploy`]: `vesemir deploy`, `deployments …`, `rollback`.
-//! - [`demo`]: `vesemir demo`, and the local fleet it builds.
+//! - [`client`] — finding the controller, HTTP calls, API errors.
+//! - [`agents`] — `vesemir agents …`.
+//! - [`inventory`] — `vesemir inventory resolve` and the selector flags.
+//! - [`live`] — rendering job events live.
+//! - [`deploy`] — `vesemir deploy`, `deployments …`, `rollback`.
+//! - [`demo`] — `vesemir demo`, and the local fleet it builds.
 pub mod agents;
 pub mod client;
 pub mod demo;

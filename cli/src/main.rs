@@ -38,7 +38,7 @@ enum Command {
         cmd: inventory::InventoryCmd,
     },
     /// Roll a changeset out (follows the deployment live on a terminal).
-    Deploy(deploy::DeployArgs),
+    Deploy(Box<deploy::DeployArgs>),
     /// Deployments: list, show, logs, cancel.
     Deployments {
         #[command(subcommand)]
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agents { cmd } => agents::run(&api()?, cmd).await,
         Command::Inventory { cmd } => inventory::run(&api()?, cmd).await,
-        Command::Deploy(args) => deploy::deploy(&api()?, args).await,
+        Command::Deploy(args) => deploy::deploy(&api()?, *args).await,
         Command::Deployments { cmd } => deploy::deployments(&api()?, cmd).await,
         Command::Rollback(args) => deploy::rollback(&api()?, args).await,
         Command::Demo(args) => demo::run(args).await,

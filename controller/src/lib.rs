@@ -1,16 +1,16 @@
 //! vesemir controller library.
 //!
 //! Layout:
-//! - [`server`]: `init` and `serve`, what the binary calls.
-//! - [`config`]: `controller.toml`.
-//! - [`pki`]: the controller's CA; signs agents' CSRs.
-//! - [`store`]: sqlx store (the only module that writes SQL).
-//! - [`fleet`]: live agent sessions, revocation, batched last-seen, job streams.
-//! - [`quic`]: the agents' mutual-TLS QUIC endpoint and control stream.
-//! - [`enroll`]: token + CSR enrollment over TLS/TCP.
-//! - [`api`]: the HTTP API.
-//! - [`inventory`]: Chef server search and static inventories.
-//! - [`deploy`]: rolling deployments: validation, plan, orchestrator, logs.
+//! - [`server`] — `init` and `serve`, what the binary calls.
+//! - [`config`] — `controller.toml`.
+//! - [`pki`] — the controller's CA; signs agents' CSRs.
+//! - [`store`] — sqlx store (the only module that writes SQL).
+//! - [`fleet`] — live agent sessions, revocation, batched last-seen, job streams.
+//! - [`quic`] — the agents' mutual-TLS QUIC endpoint and control stream.
+//! - [`enroll`] — token + CSR enrollment over TLS/TCP.
+//! - [`api`] — the HTTP API.
+//! - [`inventory`] — Chef server search and static inventories.
+//! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
 pub mod api;
 pub mod config;
 pub mod deploy;

@@ -97,7 +97,7 @@ fn restart_rolls_over_every_host_and_records_everything() -> Result<()> {
         assert_eq!(h["status"], "succeeded", "{h}");
         assert_eq!(h["stats"]["ok"], 2, "{h}");
     }
-    assert_eq!(done["query"].as_str().unwrap().is_empty(), false);
+    assert!(!done["query"].as_str().unwrap().is_empty());
     for sys in &e.systemctls {
         let calls = sys.calls()?;
         assert_eq!(calls.iter().filter(|(_, a)| a == "restart app").count(), 1, "{calls:?}");
