@@ -96,8 +96,23 @@ pub fn event_line(ev: &Value) -> Option<String> {
                 .unwrap_or_default();
             return Some(format!("deployment {}{err}", field("status")));
         }
+        "started" if ev["replay"] == true => {
+            format!(
+                "job {} already ran: reporting its recorded result",
+                field("job_id")
+            )
+        }
+        "started" => format!("job {} started", field("job_id")),
+        "error" => format!("error: {}", field("message")),
         "keepalive" | "end" => return None,
-        other => format!("{other} {}", serde_json::to_string(ev).unwrap_or_default()),
+        other => {
+            // A kind this CLI does not know yet: show its fields, not the envelope.
+            let mut rest = ev.as_object().cloned().unwrap_or_default();
+            for k in ["seq", "ts", "host", "type"] {
+                rest.remove(k);
+            }
+            format!("{other} {}", Value::Object(rest))
+        }
     };
     Some(if host.is_empty() {
         line
@@ -278,7 +293,10 @@ pub fn show(d: &Value, now: OffsetDateTime) -> String {
                     Value::String(c) => c.clone(),
                     c => n(c),
                 },
-                n(&d["max_unavailable"]),
+                match &d["max_unavailable"] {
+                    Value::Null => "= concurrency".to_string(),
+                    m => n(m),
+                },
                 n(&d["max_fail_percentage"])
             ),
         ),
@@ -507,6 +525,22 @@ mod tests {
         check_event(
             json!({"type":"deployment","status":"aborted","error":"2 of 5 failed"}),
             Some("deployment aborted: 2 of 5 failed"),
+        );
+        check_event(
+            json!({"seq":3,"ts":"t","host":"web-1","type":"started","job_id":"d.web-1","replay":false}),
+            Some("[web-1] job d.web-1 started"),
+        );
+        check_event(
+            json!({"host":"web-1","type":"started","job_id":"d.web-1","replay":true}),
+            Some("[web-1] job d.web-1 already ran: reporting its recorded result"),
+        );
+        check_event(
+            json!({"host":null,"type":"error","message":"store down"}),
+            Some("error: store down"),
+        );
+        check_event(
+            json!({"seq":9,"ts":"t","host":"web-1","type":"novel","x":1}),
+            Some("[web-1] novel {\"x\":1}"),
         );
         check_event(json!({"type":"keepalive"}), None);
         check_event(json!({"type":"end","status":"succeeded"}), None);
