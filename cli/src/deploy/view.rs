@@ -408,6 +408,9 @@ pub fn plan(p: &Value) -> String {
     }
     out.push_str(&format!("{t}\n"));
     out.push_str("batches:\n");
+    if p["batches"].as_array().is_none_or(Vec::is_empty) {
+        out.push_str("  (none)\n");
+    }
     for (i, b) in p["batches"]
         .as_array()
         .map(Vec::as_slice)
@@ -664,6 +667,13 @@ mod tests {
         let mut ok = p.clone();
         ok["problems"] = json!([]);
         assert!(plan(&ok).ends_with("no problems found"));
+        let empty =
+            json!({"hosts": [], "batches": [], "problems": ["no hosts match the selector"]});
+        assert!(
+            plan(&empty).contains("batches:\n  (none)\n"),
+            "{}",
+            plan(&empty)
+        );
     }
 
     #[test]
