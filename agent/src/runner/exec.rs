@@ -118,10 +118,14 @@ async fn run_inner(
                 Some("cancelled".into()),
             );
         }
+        // Names may use variables ("Restart {{ service }}"); show them
+        // rendered, or as written if they can't be rendered yet.
+        let shown = playbook::render_str(&templates, &task.name, &ctx)
+            .unwrap_or_else(|_| task.name.clone());
         let _ = events
             .send(JobEvent::TaskStarted {
                 index: task.index,
-                name: task.name.clone(),
+                name: shown,
             })
             .await;
         let (result, out) = run_task(cfg, task, &templates, &ctx, &playbook_dir, events, cancel)
