@@ -320,7 +320,7 @@ impl LocalFleet {
 
     fn say(&self, msg: impl AsRef<str>) {
         if self.verbose {
-            eprintln!("  {}", msg.as_ref());
+            println!("  {}", msg.as_ref());
         }
     }
 
