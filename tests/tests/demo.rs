@@ -91,3 +91,70 @@ async fn local_fleet_shutdown_leaves_nothing_running() -> Result<()> {
     assert!(!dir.exists(), "the temp dir must be removed");
     Ok(())
 }
+
+#[test]
+fn ctrl_c_during_the_demo_stops_everything_it_started() -> Result<()> {
+    use std::io::BufRead;
+    let bins = Binaries::find(None)?;
+    let cli = bins
+        .cli
+        .expect("the vesemir binary: run `cargo build --workspace`");
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(cli)
+        .args(["demo", "--app-hosts", "2", "--dir"])
+        .arg(&dir)
+        .env_remove("VESEMIR_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Interrupt in the middle of the first deploy: everything is running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let started = line.contains("deployment") && line.contains("started");
+                seen.push(line);
+                if started {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the demo never started a deployment:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    assert!(!processes_mentioning(&dir.display().to_string()).is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not exit after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{}", seen.join("\n"));
+    let left = processes_mentioning(&dir.display().to_string());
+    assert!(left.is_empty(), "still running after Ctrl-C: {left:?}");
+    Ok(())
+}
