@@ -1,0 +1,12 @@
+name              'vesemir_agent'
+maintainer        'vesemir'
+maintainer_email  'vesemir@example.com'
+license           'Apache-2.0'
+description       'Installs, enrolls and starts the vesemir agent on a VM'
+version           '0.1.0'
+chef_version      '>= 16.0'
+
+supports 'debian', '>= 11.0'
+supports 'ubuntu', '>= 20.04'
+supports 'redhat', '>= 8.0'
+supports 'centos', '>= 8.0'
