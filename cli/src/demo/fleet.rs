@@ -424,7 +424,7 @@ impl LocalFleet {
             write_playbooks(&playbooks, &host_vars)?;
             self.enroll(&host.name, &token, &host.dir, &playbooks, &systemctl, None)
                 .await?;
-            self.spawn_agent(&host.name, &host.dir, Some(&host))?;
+            self.spawn_agent(&host.name, &host.dir)?;
         }
         let socket = self.haproxy.as_ref().map(|h| h.socket.clone());
         let lb_dir = self.lb_dir.clone();
@@ -438,7 +438,7 @@ impl LocalFleet {
             socket.as_deref(),
         )
         .await?;
-        self.spawn_agent(LB_HOST, &lb_dir, None)?;
+        self.spawn_agent(LB_HOST, &lb_dir)?;
         self.wait_agents_connected(START_TIMEOUT).await?;
         self.say(format!(
             "agents: {} app hosts and {LB_HOST} enrolled and connected over QUIC (mutual TLS)",
@@ -489,7 +489,7 @@ impl LocalFleet {
         Ok(())
     }
 
-    fn spawn_agent(&mut self, name: &str, host_dir: &Path, host: Option<&AppHost>) -> Result<()> {
+    fn spawn_agent(&mut self, name: &str, host_dir: &Path) -> Result<()> {
         let mut cmd = Command::new(&self.bins.agent);
         cmd.arg("run")
             .arg("--config")
@@ -498,7 +498,6 @@ impl LocalFleet {
             .env("RUST_LOG", "info")
             .env("VESEMIR_SYSTEMCTL_UNITS", host_dir.join("units"))
             .env("VESEMIR_SYSTEMCTL_LOG", host_dir.join("systemctl.log"));
-        let _ = host;
         let d = Daemon::spawn(
             &format!("agent {name}"),
             &mut cmd,
