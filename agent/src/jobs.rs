@@ -146,7 +146,8 @@ impl Jobs {
                     .expect("running lock")
                     .insert(job_id.clone(), cancel.clone());
                 let cfg = self.runner_config();
-                let _ = crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel).await;
+                let _ =
+                    crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel).await;
                 self.running.lock().expect("running lock").remove(&job_id);
             }
         }

@@ -103,7 +103,13 @@ fn print_agent(a: &Value) {
         ("hostname", s(&a["facts"]["hostname"]).into()),
         ("os", s(&a["facts"]["os"]).into()),
         ("kernel", s(&a["facts"]["kernel"]).into()),
-        ("uptime", a["facts"]["uptime_secs"].as_u64().map(|u| format!("{u}s")).unwrap_or("-".into())),
+        (
+            "uptime",
+            a["facts"]["uptime_secs"]
+                .as_u64()
+                .map(|u| format!("{u}s"))
+                .unwrap_or("-".into()),
+        ),
         ("load", load(a)),
         (
             "disk free",
@@ -112,7 +118,13 @@ fn print_agent(a: &Value) {
                 .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
                 .unwrap_or("-".into()),
         ),
-        ("running jobs", a["facts"]["running_jobs"].as_array().map(|j| j.len().to_string()).unwrap_or("-".into())),
+        (
+            "running jobs",
+            a["facts"]["running_jobs"]
+                .as_array()
+                .map(|j| j.len().to_string())
+                .unwrap_or("-".into()),
+        ),
         ("cert serial", s(&a["cert_serial"]).into()),
         ("cert sha256", s(&a["cert_fingerprint"]).into()),
         ("cert expires", s(&a["cert_not_after"]).into()),
@@ -136,7 +148,14 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             }
             let mut t = Table::new();
             t.load_preset(UTF8_BORDERS_ONLY);
-            t.set_header(vec!["NAME", "STATE", "VERSION", "LAST SEEN", "LOAD", "ADDRESS"]);
+            t.set_header(vec![
+                "NAME",
+                "STATE",
+                "VERSION",
+                "LAST SEEN",
+                "LOAD",
+                "ADDRESS",
+            ]);
             let list = agents.as_array().cloned().unwrap_or_default();
             for a in &list {
                 t.add_row(vec![
@@ -213,7 +232,9 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             })
             .await?;
             let Some(fin) = finished else {
-                anyhow::bail!("the stream ended before the job finished: check `vesemir agents show {name}`");
+                anyhow::bail!(
+                    "the stream ended before the job finished: check `vesemir agents show {name}`"
+                );
             };
             if output != Output::Json {
                 println!();

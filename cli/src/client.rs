@@ -83,7 +83,6 @@ impl Api {
         })
     }
 
-
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {

@@ -26,4 +26,3 @@ pub enum Output {
     /// JSON.
     Json,
 }
-

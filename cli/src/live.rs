@@ -10,7 +10,10 @@ pub fn render(host: &str, ev: &Value) -> Option<Value> {
     let s = |k: &str| ev[k].as_str().unwrap_or("").to_string();
     match ev["type"].as_str().unwrap_or("") {
         "started" if ev["replay"] == true => {
-            println!("[{host}] job {} already ran: reporting its recorded result", s("job_id"))
+            println!(
+                "[{host}] job {} already ran: reporting its recorded result",
+                s("job_id")
+            )
         }
         "task_started" => println!("[{host}] TASK [{}]", s("name")),
         "log" => {
@@ -20,8 +23,16 @@ pub fn render(host: &str, ev: &Value) -> Option<Value> {
         "task_result" => {
             let ms = ev["duration_ms"].as_u64().unwrap_or(0);
             let msg = s("msg");
-            let msg = if msg.is_empty() { String::new() } else { format!(": {msg}") };
-            println!("[{host}]   {} ({:.1}s){msg}", s("status"), ms as f64 / 1000.0);
+            let msg = if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            };
+            println!(
+                "[{host}]   {} ({:.1}s){msg}",
+                s("status"),
+                ms as f64 / 1000.0
+            );
         }
         "finished" => return Some(ev.clone()),
         "error" => println!("[{host}] error: {}", s("message")),
@@ -55,7 +66,8 @@ pub async fn each_line(resp: reqwest::Response, mut f: impl FnMut(Value) -> bool
             if line.len() <= 1 {
                 continue;
             }
-            let v: Value = serde_json::from_slice(&line).context("bad event line from the controller")?;
+            let v: Value =
+                serde_json::from_slice(&line).context("bad event line from the controller")?;
             if !f(v) {
                 return Ok(());
             }

@@ -8,7 +8,11 @@ use client::Api;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vesemir", version, about = "Deploy changesets to fleets of VMs")]
+#[command(
+    name = "vesemir",
+    version,
+    about = "Deploy changesets to fleets of VMs"
+)]
 struct Cli {
     /// Controller API URL (else VESEMIR_URL, VESEMIR_CONFIG, ~/.config/vesemir/cli.toml).
     #[arg(long, global = true)]

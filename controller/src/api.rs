@@ -130,8 +130,42 @@ pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_request",
-        e.body_text(),
+        field_first(&e.body_text()),
     )
+}
+
+/// Rewrites serde's "PATH: missing field `X` at line …" (as axum wraps it)
+/// into "PATH.X: required", so every 422 message starts with the field.
+pub fn field_first(body_text: &str) -> String {
+    let text = body_text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(body_text);
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    let Some((path, inner)) = text.split_once(": ") else {
+        return text.to_string();
+    };
+    if path.contains(' ') {
+        // Not a field path (e.g. a content-type complaint).
+        return text.to_string();
+    }
+    let path = if path == "." { "" } else { path };
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        let full = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return format!("{full}: required");
+    }
+    if path.is_empty() {
+        format!("request: {inner}")
+    } else {
+        format!("{path}: {inner}")
+    }
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
@@ -546,4 +580,36 @@ async fn resolve_inventory(
     Ok(Json(
         serde_json::json!({"query": res.query, "hosts": hosts}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_first;
+
+    #[test]
+    fn json_errors_start_with_the_field() {
+        let pre = "Failed to deserialize the JSON body into the target type: ";
+        for (input, want) in [
+            (
+                "changeset: missing field `sha256` at line 1 column 112",
+                "changeset.sha256: required",
+            ),
+            (
+                ".: missing field `team` at line 1 column 3",
+                "team: required",
+            ),
+            (
+                "concurrency: invalid type: map, expected i64 at line 1 column 9",
+                "concurrency: invalid type: map, expected i64",
+            ),
+            (
+                ".: unknown field `nope`, expected `a` or `b` at line 1 column 7",
+                "request: unknown field `nope`, expected `a` or `b`",
+            ),
+        ] {
+            assert_eq!(field_first(&format!("{pre}{input}")), want);
+        }
+        let other = "Expected request with `Content-Type: application/json`";
+        assert_eq!(field_first(other), other);
+    }
 }

@@ -14,7 +14,13 @@ pub fn bin(name: &str) -> PathBuf {
     // target/debug/deps/test-xxxx → target/debug/NAME
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target dir");
     let p = dir.join(name);
     assert!(
@@ -242,7 +248,10 @@ impl Controller {
     pub fn agents(&self) -> Result<Vec<serde_json::Value>> {
         let out = self.cli(&["agents", "list", "--output", "json"]);
         if !out.status.success() {
-            bail!("agents list failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "agents list failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -256,9 +265,19 @@ impl Controller {
 
     /// Creates an enrollment token with `uses`.
     pub fn enrollment_token(&self, uses: u32) -> Result<String> {
-        let out = self.cli(&["tokens", "create", "--ttl", "1h", "--uses", &uses.to_string()]);
+        let out = self.cli(&[
+            "tokens",
+            "create",
+            "--ttl",
+            "1h",
+            "--uses",
+            &uses.to_string(),
+        ]);
         if !out.status.success() {
-            bail!("tokens create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "tokens create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
@@ -276,7 +295,13 @@ impl Controller {
     /// Enrolls a node with the agent binary; returns the command's output.
     pub fn enroll(&self, name: &str, token: &str, extra: &[&str]) -> Output {
         Command::new(bin("vesemir-agent"))
-            .args(["enroll", "--controller", &self.quic.to_string(), "--token", token])
+            .args([
+                "enroll",
+                "--controller",
+                &self.quic.to_string(),
+                "--token",
+                token,
+            ])
             .arg("--ca-cert")
             .arg(self.ca())
             .args(["--name", name, "--data-dir"])
@@ -290,7 +315,10 @@ impl Controller {
     pub fn enroll_and_run(&self, name: &str, token: &str) -> Result<Agent> {
         let out = self.enroll(name, token, &[]);
         if !out.status.success() {
-            bail!("enroll {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "enroll {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Agent::start(self.agent_dir(name), name)
     }
@@ -372,4 +400,3 @@ pub fn repo() -> PathBuf {
         .expect("repo root")
         .to_path_buf()
 }
-

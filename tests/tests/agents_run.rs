@@ -23,7 +23,11 @@ fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
             systemctl_stand_in().to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sys = Systemctl::new()?;
     let port = free_port();
     let version = sys.units_dir().join("VERSION");
@@ -48,21 +52,55 @@ fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
 fn restart_playbook_through_the_controller_shows_output_and_stats() -> Result<()> {
     let (c, _agent, sys, port) = setup()?;
     let health = format!("health_url=http://127.0.0.1:{port}/health");
-    let out = c.cli(&["agents", "run", "app-1", "restart.yml", "--var", "service=app", "--var", &health]);
+    let out = c.cli(&[
+        "agents",
+        "run",
+        "app-1",
+        "restart.yml",
+        "--var",
+        "service=app",
+        "--var",
+        &health,
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("[app-1] TASK [Restart the service]"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[app-1] TASK [Restart the service]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("[app-1] TASK [Check health]"), "{stdout}");
     assert!(stdout.contains("PLAY RECAP"), "{stdout}");
-    assert!(stdout.contains("app-1 : succeeded ok=2 changed=1 failed=0 skipped=0"), "{stdout}");
+    assert!(
+        stdout.contains("app-1 : succeeded ok=2 changed=1 failed=0 skipped=0"),
+        "{stdout}"
+    );
     // The stand-in saw the restart, and the app answers.
     let calls = sys.calls()?;
-    assert!(calls.iter().any(|(_, args)| args == "restart app"), "{calls:?}");
-    assert_eq!(vesemir_tests::fleet::http_get_status(&format!("http://127.0.0.1:{port}/health")), Some(200));
+    assert!(
+        calls.iter().any(|(_, args)| args == "restart app"),
+        "{calls:?}"
+    );
+    assert_eq!(
+        vesemir_tests::fleet::http_get_status(&format!("http://127.0.0.1:{port}/health")),
+        Some(200)
+    );
 
     // JSON events arrive in order: started, task events, finished last.
     let out = c.cli(&[
-        "agents", "run", "app-1", "restart.yml", "--var", "service=app", "--var", &health, "--output", "json",
+        "agents",
+        "run",
+        "app-1",
+        "restart.yml",
+        "--var",
+        "service=app",
+        "--var",
+        &health,
+        "--output",
+        "json",
     ]);
     assert!(out.status.success());
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -84,9 +122,18 @@ fn failures_are_reported_with_a_non_zero_exit() -> Result<()> {
     // A health URL nobody answers: the play fails, the CLI exits non-zero.
     let dead = free_port();
     let out = c.cli(&[
-        "agents", "run", "app-1", "restart.yml", "--var", "service=app",
-        "--var", &format!("health_url=http://127.0.0.1:{dead}/health"),
-        "--var", "health_retries=2", "--var", "health_delay=100ms",
+        "agents",
+        "run",
+        "app-1",
+        "restart.yml",
+        "--var",
+        "service=app",
+        "--var",
+        &format!("health_url=http://127.0.0.1:{dead}/health"),
+        "--var",
+        "health_retries=2",
+        "--var",
+        "health_delay=100ms",
     ]);
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);

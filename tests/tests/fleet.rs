@@ -34,14 +34,19 @@ fn three_agents_enroll_connect_and_report_facts_a_fourth_is_refused() -> Result<
         .iter()
         .map(|n| c.enroll_and_run(n, &token))
         .collect::<Result<_>>()?;
-    wait_for("3 connected agents with facts", Duration::from_secs(5), || {
-        connected(&c, &["web-1", "web-2", "web-3"]).then_some(())
-    })?;
+    wait_for(
+        "3 connected agents with facts",
+        Duration::from_secs(5),
+        || connected(&c, &["web-1", "web-2", "web-3"]).then_some(()),
+    )?;
     eprintln!("3 agents enrolled and connected in {:?}", started.elapsed());
     let list = c.agents()?;
     for a in &list {
         assert_eq!(a["version"], env!("CARGO_PKG_VERSION"));
-        assert!(a["last_seen"].as_str().unwrap().contains('T'), "RFC 3339: {a}");
+        assert!(
+            a["last_seen"].as_str().unwrap().contains('T'),
+            "RFC 3339: {a}"
+        );
         assert!(a["facts"]["kernel"].as_str().is_some_and(|k| !k.is_empty()));
         assert!(a["facts"]["uptime_secs"].as_u64().unwrap() > 0);
         assert!(a["facts"]["disk_free_bytes"].as_u64().unwrap() > 0);
@@ -56,7 +61,10 @@ fn three_agents_enroll_connect_and_report_facts_a_fourth_is_refused() -> Result<
 
     let table = c.cli(&["agents", "list"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("web-2") && text.contains("connected") && text.contains("s ago"), "{text}");
+    assert!(
+        text.contains("web-2") && text.contains("connected") && text.contains("s ago"),
+        "{text}"
+    );
     let show = c.cli(&["agents", "show", "web-1"]);
     assert!(String::from_utf8_lossy(&show.stdout).contains("cert sha256"));
     let missing = c.cli(&["agents", "show", "nope"]);
@@ -73,7 +81,11 @@ fn revoking_closes_within_a_second_and_refuses_reconnects() -> Result<()> {
     let mut agents = Vec::new();
     for n in ["web-1", "web-2", "web-3"] {
         let out = c.enroll(n, &token, &[]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // A short cap so the test sees the refused reconnect attempts.
         Agent::set_config(&c.agent_dir(n), "reconnect_cap", "\"1s\"")?;
         agents.push(Agent::start(c.agent_dir(n), n)?);
@@ -83,7 +95,11 @@ fn revoking_closes_within_a_second_and_refuses_reconnects() -> Result<()> {
     })?;
 
     let out = c.cli(&["agents", "revoke", "web-2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let revoked_at = Instant::now();
     let agent = &agents[1];
     wait_for("agent logs its revocation", Duration::from_secs(1), || {
@@ -122,9 +138,11 @@ fn kill_9_the_controller_and_every_agent_reconnects_by_itself() -> Result<()> {
     c.proc.as_mut().unwrap().kill9();
     c.start()?;
     let t = Instant::now();
-    wait_for("3 reconnected after kill -9", Duration::from_secs(20), || {
-        connected(&c, &["web-1", "web-2", "web-3"]).then_some(())
-    })?;
+    wait_for(
+        "3 reconnected after kill -9",
+        Duration::from_secs(20),
+        || connected(&c, &["web-1", "web-2", "web-3"]).then_some(()),
+    )?;
     eprintln!("all agents back {:?} after the restart", t.elapsed());
     for (a, pid) in agents.iter_mut().zip(pids) {
         assert_eq!(a.proc.pid(), pid, "agent {} was not restarted", a.name);
@@ -142,7 +160,11 @@ fn sigterm_closes_cleanly_and_agents_come_back() -> Result<()> {
     wait_for("connected", Duration::from_secs(5), || {
         connected(&c, &["web-1"]).then_some(())
     })?;
-    let status = c.proc.as_mut().unwrap().terminate(Duration::from_secs(10))?;
+    let status = c
+        .proc
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10))?;
     assert_eq!(status.code(), Some(0));
     wait_for("agent sees the shutdown", Duration::from_secs(5), || {
         agent
@@ -219,7 +241,10 @@ fn bad_config_exits_64_naming_the_key_and_init_refuses_to_overwrite() -> Result<
     for (bad, key) in [
         (format!("heartbeat_secs = 0\n{good}"), "heartbeat_secs"),
         (format!("no_such_key = 1\n{good}"), "no_such_key"),
-        (good.replace("api_listen = \"", "api_listen = \"nope"), "api_listen"),
+        (
+            good.replace("api_listen = \"", "api_listen = \"nope"),
+            "api_listen",
+        ),
     ] {
         std::fs::write(&cfg, &bad)?;
         let out = std::process::Command::new(vesemir_tests::fleet::bin("vesemir-controller"))
@@ -365,17 +390,31 @@ fn foreign_expired_and_missing_client_certificates_are_refused_at_the_handshake(
         let cases = [
             (
                 "another CA",
-                Some(raw::cert_signed_by("web-1", &other_pem, &other_key, now - time::Duration::hours(1), now + time::Duration::days(1))),
+                Some(raw::cert_signed_by(
+                    "web-1",
+                    &other_pem,
+                    &other_key,
+                    now - time::Duration::hours(1),
+                    now + time::Duration::days(1),
+                )),
             ),
             (
                 "expired",
-                Some(raw::cert_signed_by("web-1", &ca_pem, &ca_key, now - time::Duration::days(2), now - time::Duration::days(1))),
+                Some(raw::cert_signed_by(
+                    "web-1",
+                    &ca_pem,
+                    &ca_key,
+                    now - time::Duration::days(2),
+                    now - time::Duration::days(1),
+                )),
             ),
             ("no client certificate", None),
         ];
         for (what, identity) in cases {
             let r = raw::connect(&c, raw::client_tls(&c, identity)).await;
-            let err = r.err().unwrap_or_else(|| panic!("{what}: connection was accepted"));
+            let err = r
+                .err()
+                .unwrap_or_else(|| panic!("{what}: connection was accepted"));
             eprintln!("{what}: refused: {err}");
             assert!(
                 err.contains("certificate") || err.contains("crypto") || err.contains("TLS"),
@@ -383,10 +422,21 @@ fn foreign_expired_and_missing_client_certificates_are_refused_at_the_handshake(
             );
         }
         // A certificate from our CA that is valid works (control case).
-        let valid = raw::cert_signed_by("web-1", &ca_pem, &ca_key, now - time::Duration::hours(1), now + time::Duration::hours(1));
-        assert!(raw::connect(&c, raw::client_tls(&c, Some(valid))).await.is_ok());
+        let valid = raw::cert_signed_by(
+            "web-1",
+            &ca_pem,
+            &ca_key,
+            now - time::Duration::hours(1),
+            now + time::Duration::hours(1),
+        );
+        assert!(raw::connect(&c, raw::client_tls(&c, Some(valid)))
+            .await
+            .is_ok());
     });
-    assert_eq!(vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)), Some(200));
+    assert_eq!(
+        vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)),
+        Some(200)
+    );
     wait_for("good agent still connected", Duration::from_secs(5), || {
         connected(&c, &["web-1"]).then_some(())
     })?;
@@ -437,7 +487,9 @@ fn garbage_on_the_wire_closes_only_that_connection() -> Result<()> {
         for (what, bytes) in frames {
             for after_hello in [false, true] {
                 let tls = raw::client_tls(&c, Some(raw::enrolled_identity(&c, "rogue")));
-                let conn = raw::connect(&c, tls).await.expect("rogue has a valid certificate");
+                let conn = raw::connect(&c, tls)
+                    .await
+                    .expect("rogue has a valid certificate");
                 let (mut send, mut recv) = conn.open_bi().await?;
                 if after_hello {
                     let hello = vesemir_protocol::Hello {
@@ -465,7 +517,10 @@ fn garbage_on_the_wire_closes_only_that_connection() -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    assert_eq!(vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)), Some(200));
+    assert_eq!(
+        vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)),
+        Some(200)
+    );
     wait_for("good agent unaffected", Duration::from_secs(5), || {
         connected(&c, &["web-1"]).then_some(())
     })?;
@@ -495,15 +550,24 @@ fn certificates_are_renewed_over_the_live_connection() -> Result<()> {
     let cert_path = agent.dir.join("agent.pem");
     let before = std::fs::read_to_string(&cert_path)?;
     // 2/3 of 12s (+5 min of backdating) is already past: renewal comes at the first heartbeat.
-    wait_for("renewed certificate on disk", Duration::from_secs(10), || {
-        (std::fs::read_to_string(&cert_path).ok()? != before).then_some(())
-    })?;
+    wait_for(
+        "renewed certificate on disk",
+        Duration::from_secs(10),
+        || (std::fs::read_to_string(&cert_path).ok()? != before).then_some(()),
+    )?;
     wait_for("store has the new serial", Duration::from_secs(10), || {
         (c.agents().ok()?[0]["cert_serial"] != first).then_some(())
     })?;
     assert!(agent.proc.log_text().contains("certificate renewed"));
     // The connection was not dropped for it.
-    assert_eq!(agent.proc.log_text().matches("connected controller").count(), 1);
+    assert_eq!(
+        agent
+            .proc
+            .log_text()
+            .matches("connected controller")
+            .count(),
+        1
+    );
     assert!(connected(&c, &["web-1"]));
     Ok(())
 }

@@ -25,7 +25,10 @@ fn env(hosts: usize) -> Result<Env> {
     std::fs::write(&inv, text)?;
     let cfg = c.data_dir.join("controller.toml");
     let t = std::fs::read_to_string(&cfg)?;
-    std::fs::write(&cfg, format!("inventory = {:?}\n{t}", inv.display().to_string()))?;
+    std::fs::write(
+        &cfg,
+        format!("inventory = {:?}\n{t}", inv.display().to_string()),
+    )?;
     c.start()?;
     let token = c.enrollment_token(hosts as u32)?;
     let mut agents = Vec::new();
@@ -38,20 +41,35 @@ fn env(hosts: usize) -> Result<Env> {
         std::fs::write(&version, "1.0\n")?;
         sys.add_unit(
             "app",
-            &format!("{} --listen 127.0.0.1:{port} --version-file {}", bin("vesemir-sample-app").display(), version.display()),
+            &format!(
+                "{} --listen 127.0.0.1:{port} --version-file {}",
+                bin("vesemir-sample-app").display(),
+                version.display()
+            ),
             None,
         )?;
         let out = c.enroll(
             &name,
             &token,
             &[
-                "--playbook-dir", repo().join("playbooks").to_str().unwrap(),
-                "--systemctl", systemctl_stand_in().to_str().unwrap(),
-                "--var", &format!("health_url=http://127.0.0.1:{port}/health"),
+                "--playbook-dir",
+                repo().join("playbooks").to_str().unwrap(),
+                "--systemctl",
+                systemctl_stand_in().to_str().unwrap(),
+                "--var",
+                &format!("health_url=http://127.0.0.1:{port}/health"),
             ],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        agents.push(Agent::start_with_env(c.agent_dir(&name), &name, &sys.env())?);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        agents.push(Agent::start_with_env(
+            c.agent_dir(&name),
+            &name,
+            &sys.env(),
+        )?);
         systemctls.push(sys);
     }
     for i in 1..=hosts {
@@ -60,13 +78,27 @@ fn env(hosts: usize) -> Result<Env> {
             (c.agent_state(&name).as_deref() == Some("connected")).then_some(())
         })?;
     }
-    Ok(Env { c, _agents: agents, systemctls })
+    Ok(Env {
+        c,
+        _agents: agents,
+        systemctls,
+    })
 }
 
-fn api(c: &Controller, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn api(
+    c: &Controller,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut rb = reqwest::Client::new().request(method, format!("{}{path}", c.url)).bearer_auth(&c.token);
+        let mut rb = reqwest::Client::new()
+            .request(method, format!("{}{path}", c.url))
+            .bearer_auth(&c.token);
         if let Some(b) = body {
             rb = rb.json(&b);
         }
@@ -88,7 +120,12 @@ fn restart_rolls_over_every_host_and_records_everything() -> Result<()> {
     assert_eq!(status, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let done = wait_for("deployment finished", Duration::from_secs(60), || {
-        let (_, d) = api(&e.c, reqwest::Method::GET, &format!("/v1/deployments/{id}"), None);
+        let (_, d) = api(
+            &e.c,
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{id}"),
+            None,
+        );
         (!matches!(d["status"].as_str(), Some("pending" | "running"))).then_some(d)
     })?;
     assert_eq!(done["status"], "succeeded", "{done:#}");
@@ -100,12 +137,18 @@ fn restart_rolls_over_every_host_and_records_everything() -> Result<()> {
     assert!(!done["query"].as_str().unwrap().is_empty());
     for sys in &e.systemctls {
         let calls = sys.calls()?;
-        assert_eq!(calls.iter().filter(|(_, a)| a == "restart app").count(), 1, "{calls:?}");
+        assert_eq!(
+            calls.iter().filter(|(_, a)| a == "restart app").count(),
+            1,
+            "{calls:?}"
+        );
     }
     let out = e.c.cli(&["deployments", "--help"]);
     let _ = out;
     // Stored logs: task events per host, and the end of the deployment.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let text = rt.block_on(async {
         reqwest::Client::new()
             .get(format!("{}/v1/deployments/{id}/logs?follow=true", e.c.url))
@@ -115,8 +158,13 @@ fn restart_rolls_over_every_host_and_records_everything() -> Result<()> {
             .text()
             .await
     })?;
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|l| l["type"] == "task_started" && l["host"] == "app-2"));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["type"] == "task_started" && l["host"] == "app-2"));
     assert_eq!(lines.last().unwrap()["type"], "end");
     assert_eq!(lines.last().unwrap()["status"], "succeeded");
     let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
@@ -144,7 +192,10 @@ fn unreachable_hosts_fail_the_deployment_and_bad_requests_get_422() -> Result<()
         }
         let (status, v) = api(&e.c, reqwest::Method::POST, "/v1/deployments", Some(req));
         assert_eq!(status, 422, "{field}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{field}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with(field),
+            "{field}: {v}"
+        );
     }
     let (_, list) = api(&e.c, reqwest::Method::GET, "/v1/deployments", None);
     assert_eq!(list["total"], 0, "nothing stored: {list}");

@@ -36,7 +36,10 @@ environment = "production"
     )?;
     let cfg = c.data_dir.join("controller.toml");
     let text = std::fs::read_to_string(&cfg)?;
-    std::fs::write(&cfg, format!("inventory = {:?}\n{text}", inv.display().to_string()))?;
+    std::fs::write(
+        &cfg,
+        format!("inventory = {:?}\n{text}", inv.display().to_string()),
+    )?;
     c.start()?;
     let token = c.enrollment_token(2)?;
     let _a1 = c.enroll_and_run("pay-1", &token)?;
@@ -46,8 +49,21 @@ environment = "production"
         (c.agent_state("pay-1").as_deref() == Some("connected")).then_some(())
     })?;
 
-    let out = c.cli(&["inventory", "resolve", "--env", "production", "--tags", "app:payments", "--output", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.cli(&[
+        "inventory",
+        "resolve",
+        "--env",
+        "production",
+        "--tags",
+        "app:payments",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let got: Vec<(String, String, String)> = v["hosts"]
         .as_array()
@@ -71,7 +87,10 @@ environment = "production"
     );
     let table = c.cli(&["inventory", "resolve", "--tags", "app:payments"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("no agent") && text.contains("disconnected") && text.contains("3 host(s)"), "{text}");
+    assert!(
+        text.contains("no agent") && text.contains("disconnected") && text.contains("3 host(s)"),
+        "{text}"
+    );
 
     // An empty selector is refused with a message naming what to give.
     let out = c.cli(&["inventory", "resolve"]);

@@ -417,8 +417,8 @@ impl HostRun {
 
         // A host resumed after its playbook succeeded (enabling/ramping)
         // needs no second drain: the journal replays the playbook's outcome.
-        let past_playbook = self.resumed
-            && matches!(self.host.step.as_deref(), Some("enabling" | "ramping"));
+        let past_playbook =
+            self.resumed && matches!(self.host.step.as_deref(), Some("enabling" | "ramping"));
         if let (Some(hp), false) = (&c.req.haproxy, past_playbook) {
             // Recorded as out of rotation before HAProxy is touched.
             self.step("draining", "out").await?;
