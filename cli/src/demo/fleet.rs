@@ -13,9 +13,9 @@
 //!
 //! All app hosts share one machine, so what differs per host (the app's
 //! port, its `base_dir`) cannot come from the request's vars, which are the
-//! same for every host. Each app host gets its own playbook directory: the
-//! shipped playbooks with that host's `health_url` and `base_dir` as
-//! defaults (and dropped from `requires`). The request still passes `app`
+//! same for every host. Each app host's agent carries its own `health_url`
+//! and `base_dir` as host variables (`vesemir-agent enroll --var`, kept in
+//! agent.toml `[vars]`, like Ansible's host_vars). The request still passes `app`
 //! and `service`, and may override anything else.
 //!
 //! Dropping a `LocalFleet` (or [`LocalFleet::shutdown`]) stops everything it
@@ -28,7 +28,6 @@ use super::procs::{free_port, leads_own_session, log_tail, pid_alive, Binaries, 
 use crate::client::Api;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -327,7 +326,7 @@ impl LocalFleet {
     async fn build(&mut self, n: usize, heartbeat_secs: u32, want_haproxy: bool) -> Result<()> {
         let dir = self.dir.clone();
         // The shared pieces: playbooks, the systemctl stand-in.
-        write_playbooks(&dir.join("playbooks"), &[])?;
+        write_playbooks(&dir.join("playbooks"))?;
         let systemctl = dir.join("bin").join("systemctl");
         std::fs::create_dir_all(systemctl.parent().expect("bin dir"))?;
         std::fs::write(&systemctl, SYSTEMCTL)?;
@@ -420,10 +419,11 @@ impl LocalFleet {
                 ("base_dir", host.base_dir().display().to_string()),
                 ("health_delay", "200ms".to_string()),
             ];
-            let playbooks = host.dir.join("playbooks");
-            write_playbooks(&playbooks, &host_vars)?;
-            self.enroll(&host.name, &token, &host.dir, &playbooks, &systemctl, None)
-                .await?;
+            let playbooks = dir.join("playbooks");
+            self.enroll(
+                &host.name, &token, &host.dir, &playbooks, &systemctl, None, &host_vars,
+            )
+            .await?;
             self.spawn_agent(&host.name, &host.dir)?;
         }
         let socket = self.haproxy.as_ref().map(|h| h.socket.clone());
@@ -436,6 +436,7 @@ impl LocalFleet {
             &dir.join("playbooks"),
             &systemctl,
             socket.as_deref(),
+            &[],
         )
         .await?;
         self.spawn_agent(LB_HOST, &lb_dir)?;
@@ -459,6 +460,7 @@ impl LocalFleet {
         playbooks: &Path,
         systemctl: &Path,
         haproxy_socket: Option<&Path>,
+        host_vars: &[(&str, String)],
     ) -> Result<()> {
         let mut cmd = tokio::process::Command::new(&self.bins.agent);
         cmd.args(["enroll", "--controller", &self.quic, "--token", token])
@@ -473,6 +475,11 @@ impl LocalFleet {
             .arg(systemctl);
         if let Some(s) = haproxy_socket {
             cmd.arg("--haproxy-socket").arg(s);
+        }
+        // Host variables (agent.toml [vars]): this host's own port and
+        // directories, under the request's vars, like Ansible's host_vars.
+        for (k, v) in host_vars {
+            cmd.arg("--var").arg(format!("{k}={v}"));
         }
         let out = cmd
             .stdin(std::process::Stdio::null())
@@ -1043,130 +1050,23 @@ fn write_unit(host: &AppHost, sample_app: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the shipped playbooks into `dir`, with `host_vars` as defaults.
-fn write_playbooks(dir: &Path, host_vars: &[(&str, String)]) -> Result<()> {
+/// Writes the shipped playbooks into `dir`.
+fn write_playbooks(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("templates"))?;
     for (name, text) in [
         ("deploy.yml", DEPLOY_YML),
         ("rollback.yml", ROLLBACK_YML),
         ("restart.yml", RESTART_YML),
     ] {
-        let text = if host_vars.is_empty() {
-            text.to_string()
-        } else {
-            with_host_defaults(text, host_vars).with_context(|| format!("adapting {name}"))?
-        };
         std::fs::write(dir.join(name), text)?;
     }
     std::fs::write(dir.join("templates").join("app.env.j2"), APP_ENV_J2)?;
     Ok(())
 }
 
-/// A playbook with `host_vars` as its defaults: replaced where the `vars:`
-/// block has them, added at its top otherwise, and dropped from `requires`.
-fn with_host_defaults(text: &str, host_vars: &[(&str, String)]) -> Result<String> {
-    let key_of = |line: &str| -> Option<String> {
-        let rest = line.strip_prefix("  ")?;
-        if rest.starts_with(' ') || rest.starts_with('#') {
-            return None;
-        }
-        rest.split_once(':').map(|(k, _)| k.trim().to_string())
-    };
-    let quote = |v: &str| serde_json::to_string(v).expect("a string");
-    let mut present = HashSet::new();
-    let mut in_vars = false;
-    for line in text.lines() {
-        if line == "vars:" {
-            in_vars = true;
-        } else if in_vars {
-            match key_of(line) {
-                Some(k) => {
-                    present.insert(k);
-                }
-                None if line.starts_with(' ') || line.is_empty() => {}
-                None => in_vars = false,
-            }
-        }
-    }
-    let mut out = vec![format!(
-        "# vesemir demo: this host's defaults for {} (all hosts share one machine).",
-        host_vars
-            .iter()
-            .map(|(k, _)| *k)
-            .collect::<Vec<_>>()
-            .join(", ")
-    )];
-    let (mut saw_vars, mut saw_requires) = (false, false);
-    in_vars = false;
-    for line in text.lines() {
-        if let Some(list) = line.strip_prefix("requires:") {
-            saw_requires = true;
-            let names: Vec<&str> = list
-                .trim()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty() && !host_vars.iter().any(|(k, _)| k == n))
-                .collect();
-            out.push(format!("requires: [{}]", names.join(", ")));
-            continue;
-        }
-        if line == "vars:" {
-            saw_vars = true;
-            in_vars = true;
-            out.push(line.to_string());
-            for (k, v) in host_vars.iter().filter(|(k, _)| !present.contains(*k)) {
-                out.push(format!("  {k}: {}", quote(v)));
-            }
-            continue;
-        }
-        if in_vars {
-            match key_of(line) {
-                Some(k) => {
-                    if let Some((_, v)) = host_vars.iter().find(|(hk, _)| *hk == k) {
-                        out.push(format!("  {k}: {}", quote(v)));
-                        continue;
-                    }
-                }
-                None if line.starts_with(' ') || line.is_empty() => {}
-                None => in_vars = false,
-            }
-        }
-        out.push(line.to_string());
-    }
-    if !saw_vars || !saw_requires {
-        bail!("the playbook has no top-level `vars:` or `requires:` line to adapt");
-    }
-    Ok(out.join("\n") + "\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_defaults_replace_add_and_leave_requires() {
-        let vars = [
-            ("health_url", "http://127.0.0.1:9/health".to_string()),
-            ("base_dir", "/x/srv/demo".to_string()),
-        ];
-        let out = with_host_defaults(DEPLOY_YML, &vars).unwrap();
-        assert!(out.contains("requires: [app, service]\n"), "{out}");
-        assert!(
-            out.contains("vars:\n  health_url: \"http://127.0.0.1:9/health\"\n"),
-            "{out}"
-        );
-        assert!(out.contains("  base_dir: \"/x/srv/demo\"\n"), "{out}");
-        assert!(!out.contains("/srv/{{ app }}\""), "{out}");
-        // Still the same tasks.
-        assert_eq!(
-            out.matches("  - name:").count(),
-            DEPLOY_YML.matches("  - name:").count()
-        );
-        let restart = with_host_defaults(RESTART_YML, &vars).unwrap();
-        assert!(restart.contains("requires: [service]\n"), "{restart}");
-    }
 
     #[test]
     fn inventory_lists_app_hosts_and_the_load_balancer() {
