@@ -419,26 +419,15 @@ impl LocalFleet {
                 ("base_dir", host.base_dir().display().to_string()),
                 ("health_delay", "200ms".to_string()),
             ];
-            let playbooks = dir.join("playbooks");
-            self.enroll(
-                &host.name, &token, &host.dir, &playbooks, &systemctl, None, &host_vars,
-            )
-            .await?;
+            self.enroll(&host.name, &token, &host.dir, None, &host_vars)
+                .await?;
             self.spawn_agent(&host.name, &host.dir)?;
         }
         let socket = self.haproxy.as_ref().map(|h| h.socket.clone());
         let lb_dir = self.lb_dir.clone();
         std::fs::create_dir_all(lb_dir.join("units"))?;
-        self.enroll(
-            LB_HOST,
-            &token,
-            &lb_dir,
-            &dir.join("playbooks"),
-            &systemctl,
-            socket.as_deref(),
-            &[],
-        )
-        .await?;
+        self.enroll(LB_HOST, &token, &lb_dir, socket.as_deref(), &[])
+            .await?;
         self.spawn_agent(LB_HOST, &lb_dir)?;
         self.wait_agents_connected(START_TIMEOUT).await?;
         self.say(format!(
@@ -457,11 +446,12 @@ impl LocalFleet {
         name: &str,
         token: &str,
         host_dir: &Path,
-        playbooks: &Path,
-        systemctl: &Path,
         haproxy_socket: Option<&Path>,
         host_vars: &[(&str, String)],
     ) -> Result<()> {
+        // Written by `start`: the shipped playbooks and the systemctl stand-in.
+        let playbooks = self.dir.join("playbooks");
+        let systemctl = self.dir.join("bin").join("systemctl");
         let mut cmd = tokio::process::Command::new(&self.bins.agent);
         cmd.args(["enroll", "--controller", &self.quic, "--token", token])
             .arg("--ca-cert")
@@ -470,9 +460,9 @@ impl LocalFleet {
             .arg("--data-dir")
             .arg(host_dir.join("agent"))
             .arg("--playbook-dir")
-            .arg(playbooks)
+            .arg(&playbooks)
             .arg("--systemctl")
-            .arg(systemctl);
+            .arg(&systemctl);
         if let Some(s) = haproxy_socket {
             cmd.arg("--haproxy-socket").arg(s);
         }
