@@ -4,11 +4,11 @@
 
 use crate::config::{split_host_port, AgentConfig};
 use crate::identity::{enroll_tls, new_key_and_csr, write_atomic, IdentityError};
-use crate::wire::{read_frame, write_frame};
 use std::path::PathBuf;
 use std::time::Duration;
 use vesemir_protocol::enroll::{EnrollRequest, EnrollResponse};
 use vesemir_protocol::PROTOCOL_VERSION;
+use vesemir_wire::{read_frame, write_frame};
 
 /// What enrollment needs.
 #[derive(Debug, Clone)]

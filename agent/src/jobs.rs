@@ -7,7 +7,6 @@
 use crate::config::AgentConfig;
 use crate::haproxy::{self, HaproxyOp, HaproxyReply, State, Weight};
 use crate::journal::Journal;
-use crate::wire::{read_frame, write_frame};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use vesemir_protocol::job::{
     HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus, ServerAdminState, Stats,
 };
+use vesemir_wire::{read_frame, write_frame};
 
 /// Events buffered between a running job and its stream; the runner waits
 /// when the stream is slow (backpressure instead of unbounded memory).

@@ -21,4 +21,3 @@ pub mod jobs;
 pub mod journal;
 pub mod runner;
 pub mod session;
-pub mod wire;

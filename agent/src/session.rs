@@ -6,7 +6,6 @@
 use crate::config::AgentConfig;
 use crate::identity::{self, Identity};
 use crate::jobs::Jobs;
-use crate::wire::{read_frame, write_frame};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use vesemir_protocol::control::{AgentMessage, CloseReason, ControllerMessage};
 use vesemir_protocol::handshake::{check_version, Hello, Welcome};
 use vesemir_protocol::PROTOCOL_VERSION;
+use vesemir_wire::{read_frame, write_frame};
 
 /// How a session ended.
 #[derive(Debug)]

@@ -5,7 +5,6 @@
 use crate::pki::{valid_node_name, Ca};
 use crate::quic::{certs_from_pem, key_from_pem, EndpointError, ServerTls};
 use crate::store::Store;
-use crate::wire::{read_frame, write_frame};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use vesemir_protocol::enroll::{EnrollRequest, EnrollResponse};
 use vesemir_protocol::PROTOCOL_VERSION;
+use vesemir_wire::{read_frame, write_frame};
 
 /// How long one enrollment exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);

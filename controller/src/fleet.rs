@@ -6,7 +6,6 @@
 //! task writes last-seen to the store every `last_seen_flush`.
 
 use crate::store::{now_ms, AgentRecord, LastSeen, Store, StoreError};
-use crate::wire::{read_frame, write_frame, WireError};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vesemir_protocol::control::{CloseReason, Facts};
 use vesemir_protocol::job::{JobEvent, JobRequest};
+use vesemir_wire::{read_frame, write_frame, WireError};
 
 /// One connected agent.
 pub struct Session {

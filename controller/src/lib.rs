@@ -23,4 +23,3 @@ pub mod pki;
 pub mod quic;
 pub mod server;
 pub mod store;
-pub mod wire;

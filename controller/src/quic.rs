@@ -4,7 +4,6 @@
 
 use crate::fleet::{close, Fleet, Session};
 use crate::pki::{cert_info, Ca};
-use crate::wire::{read_frame, write_frame};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use vesemir_protocol::control::{AgentMessage, CloseReason, ControllerMessage};
 use vesemir_protocol::handshake::{check_version, Hello, Welcome};
 use vesemir_protocol::PROTOCOL_VERSION;
+use vesemir_wire::{read_frame, write_frame};
 
 /// How long a new connection may take to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -306,7 +306,7 @@ async fn control_loop(
         let msg: AgentMessage = match read_frame(recv).await {
             Ok(Some(m)) => m,
             Ok(None) => return None,
-            Err(crate::wire::WireError::Frame(e)) => {
+            Err(vesemir_wire::WireError::Frame(e)) => {
                 tracing::warn!(agent = %session.name, error = %e, "bad frame from agent");
                 return Some(CloseReason::ProtocolViolation);
             }

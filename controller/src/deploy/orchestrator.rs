@@ -90,10 +90,9 @@ async fn drive(
 ) -> Result<(), StoreError> {
     // 1. Plan once; a resumed deployment uses the stored plan.
     let haproxy_vms: Vec<String> = if status == "pending" {
-        let plan = match make_plan(d, &req, false).await {
+        let plan = match usable_plan(d, &req).await {
             Ok(p) => p,
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 log.push(
                     None,
                     "deployment",
@@ -104,40 +103,6 @@ async fn drive(
                 return Ok(());
             }
         };
-        if plan.hosts.is_empty() {
-            let msg = format!("no hosts match the selector ({})", plan.query);
-            log.push(
-                None,
-                "deployment",
-                json!({"status": "failed", "error": msg}),
-            )
-            .await;
-            d.store.finish_deployment(id, "failed", Some(&msg)).await?;
-            return Ok(());
-        }
-        if req.haproxy.is_some() {
-            let down: Vec<&str> = plan
-                .haproxy_vms
-                .iter()
-                .filter(|v| v.agent != "connected")
-                .map(|v| v.name.as_str())
-                .collect();
-            if plan.haproxy_vms.is_empty() || !down.is_empty() {
-                let msg = if plan.haproxy_vms.is_empty() {
-                    "haproxy.selector matches no VMs: nothing to drain the servers with".to_string()
-                } else {
-                    format!("HAProxy VM(s) without a connected agent: {}; refusing to deploy without draining", down.join(", "))
-                };
-                log.push(
-                    None,
-                    "deployment",
-                    json!({"status": "failed", "error": msg}),
-                )
-                .await;
-                d.store.finish_deployment(id, "failed", Some(&msg)).await?;
-                return Ok(());
-            }
-        }
         let hosts: Vec<NewHost> = plan
             .hosts
             .iter()
@@ -195,6 +160,35 @@ async fn drive(
         log: log.clone(),
     });
     window(ctx, wake).await
+}
+
+/// The plan, or why the deployment can't start: no hosts, or HAProxy VMs
+/// that can't drain anything.
+async fn usable_plan(d: &Deployments, req: &DeployRequest) -> Result<super::plan::Plan, String> {
+    let plan = make_plan(d, req, false).await.map_err(|e| e.to_string())?;
+    if plan.hosts.is_empty() {
+        return Err(format!("no hosts match the selector ({})", plan.query));
+    }
+    if req.haproxy.is_some() {
+        if plan.haproxy_vms.is_empty() {
+            return Err(
+                "haproxy.selector matches no VMs: nothing to drain the servers with".into(),
+            );
+        }
+        let down: Vec<&str> = plan
+            .haproxy_vms
+            .iter()
+            .filter(|v| v.agent != "connected")
+            .map(|v| v.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            return Err(format!(
+                "HAProxy VM(s) without a connected agent: {}; refusing to deploy without draining",
+                down.join(", ")
+            ));
+        }
+    }
+    Ok(plan)
 }
 
 /// The sliding window.
