@@ -571,3 +571,31 @@ fn certificates_are_renewed_over_the_live_connection() -> Result<()> {
     assert!(connected(&c, &["web-1"]));
     Ok(())
 }
+
+#[test]
+fn an_agent_that_stops_heartbeating_shows_stale_then_connected_again() -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut c = Controller::init(ControllerOptions::default())?;
+    c.start()?;
+    let token = c.enrollment_token(1)?;
+    let agent = c.enroll_and_run("web-1", &token)?;
+    wait_for("connected", Duration::from_secs(5), || {
+        connected(&c, &["web-1"]).then_some(())
+    })?;
+    // Frozen, not gone: the QUIC connection is still open (idle timeout 30s),
+    // but no heartbeat comes for 3 intervals (heartbeat 1s here).
+    let pid = Pid::from_raw(agent.proc.pid() as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    let stale = wait_for("stale", Duration::from_secs(10), || {
+        (c.agent_state("web-1").as_deref() == Some("stale")).then_some(())
+    });
+    let table = String::from_utf8_lossy(&c.cli(&["agents", "list"]).stdout).to_string();
+    kill(pid, Signal::SIGCONT)?;
+    stale?;
+    wait_for("connected again", Duration::from_secs(10), || {
+        connected(&c, &["web-1"]).then_some(())
+    })?;
+    assert!(table.contains("stale"), "{table}");
+    Ok(())
+}
