@@ -140,15 +140,25 @@ impl Jobs {
                 for (k, v) in &self.cfg.vars {
                     job.vars.entry(k.clone()).or_insert_with(|| v.clone());
                 }
+                // The same id on a second stream (a restarted controller
+                // asking again) is answered from the journal; it must not
+                // take over the running job's entry (heartbeats, cancel).
                 let cancel = CancellationToken::new();
-                self.running
-                    .lock()
-                    .expect("running lock")
-                    .insert(job_id.clone(), cancel.clone());
+                let owner = {
+                    let mut running = self.running.lock().expect("running lock");
+                    if running.contains_key(&job_id) {
+                        false
+                    } else {
+                        running.insert(job_id.clone(), cancel.clone());
+                        true
+                    }
+                };
                 let cfg = self.runner_config();
                 let _ =
                     crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel).await;
-                self.running.lock().expect("running lock").remove(&job_id);
+                if owner {
+                    self.running.lock().expect("running lock").remove(&job_id);
+                }
             }
         }
     }

@@ -173,7 +173,9 @@ async fn session(
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("idle timeout"),
         ))
-        .max_concurrent_bidi_streams(64u32.into())
+        // One stream per job; an HAProxy VM serves one per host in flight
+        // (concurrency is capped at 1000).
+        .max_concurrent_bidi_streams(1024u32.into())
         .max_concurrent_uni_streams(0u32.into());
     client.transport_config(Arc::new(transport));
     endpoint.set_default_client_config(client);

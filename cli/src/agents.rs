@@ -46,6 +46,11 @@ pub enum AgentsCmd {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Forget a revoked agent so its node name can enroll again (a rebuilt VM).
+    Forget {
+        /// Node name.
+        name: String,
+    },
     /// Revoke an agent: its connection closes and reconnects are refused.
     Revoke {
         /// Node name.
@@ -249,6 +254,16 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        AgentsCmd::Forget { name } => {
+            let _: Value = api
+                .json(api.req(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/agents/{}", enc(&name)),
+                ))
+                .await?;
+            println!("forgot {name}: its node name may enroll again with a new token (its old certificates stay revoked)");
+            Ok(ExitCode::SUCCESS)
         }
         AgentsCmd::Revoke { name, output } => {
             let a: Value = api

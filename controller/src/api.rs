@@ -197,7 +197,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let v1 = Router::new()
         .route("/v1/tokens", post(create_token))
         .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{name}", get(show_agent))
+        .route("/v1/agents/{name}", get(show_agent).delete(forget_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
         .route("/v1/inventory/resolve", post(resolve_inventory))
         .route(
@@ -373,6 +373,28 @@ async fn show_agent(
         .await?
         .ok_or_else(|| no_agent(&name))?;
     Ok(Json(state.fleet.view(agent)))
+}
+
+async fn forget_agent(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&caller)?;
+    match state.store.forget_agent(&name).await? {
+        crate::store::Forget::Forgotten => {
+            tracing::info!(agent = %name, by = %caller.name, "revoked agent forgotten; its name may enroll again");
+            Ok(Json(serde_json::json!({"name": name, "forgotten": true})))
+        }
+        crate::store::Forget::NotRevoked => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent_not_revoked",
+            format!(
+                "agent {name} is not revoked; revoke it first (`vesemir agents revoke {name}`)"
+            ),
+        )),
+        crate::store::Forget::NotFound => Err(no_agent(&name)),
+    }
 }
 
 async fn revoke_agent(

@@ -107,6 +107,26 @@ async fn enroll(store: &Store, ca: &Ca, cert_ttl: Duration, req: EnrollRequest) 
             req.node
         ));
     }
+    // A name already enrolled can't be taken over by whoever holds a token.
+    match store.get_agent(&req.node).await {
+        Ok(None) => {}
+        Ok(Some(a)) if a.revoked_at.is_some() => {
+            return refuse(format!(
+                "node {} was revoked; if this VM was rebuilt, an admin runs `vesemir agents forget {}` before it enrolls again",
+                req.node, req.node
+            ))
+        }
+        Ok(Some(_)) => {
+            return refuse(format!(
+                "node {} is already enrolled; to replace it (a rebuilt VM), an admin runs `vesemir agents revoke {}` and `vesemir agents forget {}` first",
+                req.node, req.node, req.node
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store error during enrollment");
+            return refuse("controller store unavailable; retry later".into());
+        }
+    }
     let hash = token_hash(&req.token);
     match store.consume_enrollment_token(&hash).await {
         Ok(Ok(())) => {}
@@ -123,7 +143,7 @@ async fn enroll(store: &Store, ca: &Ca, cert_ttl: Duration, req: EnrollRequest) 
             return refuse(e.to_string());
         }
     };
-    if let Err(e) = store
+    match store
         .record_certificate(
             &req.node,
             &issued.serial,
@@ -133,9 +153,17 @@ async fn enroll(store: &Store, ca: &Ca, cert_ttl: Duration, req: EnrollRequest) 
         )
         .await
     {
-        tracing::error!(error = %e, "cannot record enrolled agent");
-        let _ = store.refund_enrollment_token(&hash).await;
-        return refuse("controller store unavailable; retry later".into());
+        Ok(true) => {}
+        Ok(false) => {
+            // Another enrollment of the same name won the race.
+            let _ = store.refund_enrollment_token(&hash).await;
+            return refuse(format!("node {} is already enrolled", req.node));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record enrolled agent");
+            let _ = store.refund_enrollment_token(&hash).await;
+            return refuse("controller store unavailable; retry later".into());
+        }
     }
     EnrollResponse::Accepted {
         cert_pem: issued.cert_pem,

@@ -279,6 +279,14 @@ async fn handle_connection(
         return;
     }
     let session = fleet.register(&name, conn.clone(), &info.serial, &hello.agent_version);
+    // A revocation between the store check above and the registration found
+    // no session to close: check again now that we are registered (revoke
+    // updates the serial set before it looks for the session).
+    if fleet.is_revoked(&info.serial) {
+        fleet.unregister(&session);
+        close(&conn, CloseReason::Revoked);
+        return;
+    }
     tracing::info!(agent = %name, %remote, version = %hello.agent_version, "agent connected");
 
     let reason = control_loop(&fleet, &session, &ca, cert_ttl, &mut send, &mut recv).await;
@@ -344,7 +352,7 @@ async fn renew(
             }
         }
     };
-    if let Err(e) = fleet
+    match fleet
         .store()
         .record_certificate(
             &session.name,
@@ -355,10 +363,18 @@ async fn renew(
         )
         .await
     {
-        tracing::error!(agent = %session.name, error = %e, "cannot record renewed certificate");
-        return ControllerMessage::RenewRefused {
-            reason: "controller store unavailable; retry later".into(),
-        };
+        Ok(true) => {}
+        Ok(false) => {
+            return ControllerMessage::RenewRefused {
+                reason: "agent revoked".into(),
+            }
+        }
+        Err(e) => {
+            tracing::error!(agent = %session.name, error = %e, "cannot record renewed certificate");
+            return ControllerMessage::RenewRefused {
+                reason: "controller store unavailable; retry later".into(),
+            };
+        }
     }
     tracing::info!(agent = %session.name, serial = %issued.serial, "certificate renewed");
     ControllerMessage::Renewed {

@@ -276,10 +276,16 @@ pub async fn serve(
         Ok(n) => tracing::info!(count = n, "resumed unfinished deployments"),
         Err(e) => tracing::error!(error = %e, "cannot list unfinished deployments"),
     }
+    tokio::spawn(deployments.clone().run_reconciler(Duration::from_secs(10)));
 
     shutdown.await;
     tracing::info!("shutting down: closing agent connections");
+    // Orchestrators stop where they are (their state is stored) before the
+    // agent connections close, so no host is marked failed by the shutdown.
     deployments.stop_all();
+    if !deployments.wait_stopped(Duration::from_secs(10)).await {
+        tracing::warn!("some deployments did not stop within 10s; they resume on the next start");
+    }
     let _ = stop_tx.send(true);
     fleet.close_all();
     endpoint.close(

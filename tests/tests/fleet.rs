@@ -122,6 +122,49 @@ fn revoking_closes_within_a_second_and_refuses_reconnects() -> Result<()> {
 
     let again = c.cli(&["agents", "revoke", "ghost"]);
     assert!(!again.status.success());
+
+    // Nobody takes over a node name with a token: not a live one, not a
+    // revoked one, until an admin forgets the revoked agent.
+    let token = c.enrollment_token(3)?;
+    let dir = c.root.path().join("intruder");
+    let intruder = |name: &str| {
+        std::process::Command::new(vesemir_tests::fleet::bin("vesemir-agent"))
+            .args([
+                "enroll",
+                "--controller",
+                &c.quic.to_string(),
+                "--token",
+                &token,
+            ])
+            .arg("--ca-cert")
+            .arg(c.ca())
+            .args(["--name", name, "--force", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = intruder("web-1");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
+    let out = intruder("web-2");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was revoked"));
+    let out = c.cli(&["agents", "forget", "web-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoke it first"));
+    let out = c.cli(&["agents", "forget", "web-2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = intruder("web-2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(connected(&c, &["web-1", "web-3"]));
     Ok(())
 }
 

@@ -4,8 +4,6 @@
 
 use crate::store::{now_ms, LogRow, Store};
 use serde_json::Value;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -19,12 +17,18 @@ const BATCH: usize = 512;
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::Sender<LogRow>,
-    seq: Arc<AtomicI64>,
 }
+
+/// Attempts to write a batch before it is dropped (and said so in the
+/// controller's log): a broken store must not block the orchestrator.
+const ATTEMPTS: u32 = 8;
 
 impl LogWriter {
     /// Starts the writer task for deployment `id`, continuing after `last_seq`.
     /// The task ends (after writing everything) when all handles are dropped.
+    ///
+    /// `seq` is assigned here, by the only consumer, in the order rows are
+    /// written: a follower that has read seq N never sees N-1 appear later.
     pub fn start(
         store: Store,
         id: String,
@@ -33,6 +37,7 @@ impl LogWriter {
     ) -> (LogWriter, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<LogRow>(BUFFER);
         let task = tokio::spawn(async move {
+            let mut next = last_seq;
             let mut batch = Vec::with_capacity(BATCH);
             while let Some(first) = rx.recv().await {
                 batch.push(first);
@@ -42,10 +47,21 @@ impl LogWriter {
                         Err(_) => break,
                     }
                 }
+                let start = next;
+                for row in batch.iter_mut() {
+                    next += 1;
+                    row.seq = next;
+                }
                 let mut delay = Duration::from_millis(100);
-                loop {
+                for attempt in 1..=ATTEMPTS {
                     match store.append_logs(&id, &batch).await {
                         Ok(()) => break,
+                        Err(e) if attempt == ATTEMPTS => {
+                            tracing::error!(deployment_id = %id, error = %e, rows = batch.len(), "dropping deployment log rows after {ATTEMPTS} failed writes");
+                            // Rows that did land keep their seq; the next
+                            // batch continues after the highest stored one.
+                            next = store.max_log_seq(&id).await.unwrap_or(next).max(start);
+                        }
                         Err(e) => {
                             tracing::warn!(deployment_id = %id, error = %e, "writing deployment log failed; retrying");
                             tokio::time::sleep(delay).await;
@@ -57,19 +73,13 @@ impl LogWriter {
                 bump.send_modify(|v| *v = v.wrapping_add(1));
             }
         });
-        (
-            LogWriter {
-                tx,
-                seq: Arc::new(AtomicI64::new(last_seq)),
-            },
-            task,
-        )
+        (LogWriter { tx }, task)
     }
 
     /// Appends one event. `data` must be a JSON object.
     pub async fn push(&self, host: Option<&str>, kind: &str, data: Value) {
         let row = LogRow {
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            seq: 0,
             ts: now_ms(),
             host: host.map(str::to_string),
             kind: kind.to_string(),

@@ -140,13 +140,14 @@ impl Deployments {
         }
     }
 
-    /// Runs (or resumes) a deployment in the background.
-    pub fn spawn(self: &Arc<Self>, id: String) {
+    /// Runs (or resumes) a deployment in the background. False if its
+    /// orchestrator already runs here.
+    pub fn spawn(self: &Arc<Self>, id: String) -> bool {
         let token = self.shutdown.child_token();
         {
             let mut running = self.running.lock().expect("running lock");
-            if running.contains_key(&id) {
-                return;
+            if running.contains_key(&id) || self.shutdown.is_cancelled() {
+                return false;
             }
             running.insert(id.clone(), token.clone());
         }
@@ -160,17 +161,55 @@ impl Deployments {
             .await;
             this.running.lock().expect("running lock").remove(&id);
         });
+        true
     }
 
     /// Resumes every deployment that was pending or running when the
     /// controller stopped.
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
         let ids = self.store.unfinished_deployments().await?;
-        for id in &ids {
-            tracing::info!(deployment_id = %id, "resuming deployment");
-            self.spawn(id.clone());
+        let mut started = 0;
+        for id in ids {
+            if self.spawn(id.clone()) {
+                tracing::info!(deployment_id = %id, "resuming deployment");
+                started += 1;
+            }
         }
-        Ok(ids.len())
+        Ok(started)
+    }
+
+    /// Every `every`, resumes unfinished deployments that have no
+    /// orchestrator here (one that stopped on a store error, or a submit
+    /// whose HTTP request was cut between insert and start). Ends at shutdown.
+    pub async fn run_reconciler(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            match self.resume_all().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "resumed deployments without an orchestrator"),
+                Err(e) => tracing::warn!(error = %e, "cannot list unfinished deployments"),
+            }
+        }
+    }
+
+    /// Waits (bounded) until every orchestrator of this process has stopped
+    /// after [`Deployments::stop_all`]. True if they all did.
+    pub async fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.running.lock().expect("running lock").is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Requests cancellation. False if the deployment already finished.

@@ -10,6 +10,7 @@ use super::request::DeployRequest;
 use super::Deployments;
 use crate::store::{HaproxyActionRow, HostRow, NewHost, StoreError};
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -191,6 +192,41 @@ async fn usable_plan(d: &Deployments, req: &DeployRequest) -> Result<super::plan
     Ok(plan)
 }
 
+/// Starts a host run in `set`, remembering which task is which host (so a
+/// panicked task can be traced back to its host and resumed).
+fn spawn_host(
+    set: &mut JoinSet<(String, HostEnd)>,
+    names: &mut HashMap<tokio::task::Id, String>,
+    ctx: &Arc<Ctx>,
+    host: HostRow,
+    resumed: bool,
+    delay: Duration,
+) {
+    let c = ctx.clone();
+    let name = host.name.clone();
+    let handle = set.spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let name = host.name.clone();
+        (
+            name,
+            HostRun {
+                ctx: c,
+                host,
+                resumed,
+            }
+            .run()
+            .await,
+        )
+    });
+    names.insert(handle.id(), name);
+}
+
+/// Most re-runs of a host whose run was interrupted by a store error or a
+/// panic before it counts as failed.
+const MAX_HOST_RERUNS: u32 = 5;
+
 /// The sliding window.
 async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreError> {
     let d = &ctx.d;
@@ -212,24 +248,16 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         .filter(|h| h.status == "pending")
         .cloned()
         .collect();
+    // Our servers: whatever HAProxy says about them is already counted above.
+    let ours: HashSet<String> = hosts.iter().map(|h| h.server_name.clone()).collect();
 
     let mut set: JoinSet<(String, HostEnd)> = JoinSet::new();
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut reruns: HashMap<String, u32> = HashMap::new();
     // Hosts that were in flight when the controller stopped come first.
     for h in hosts.iter().filter(|h| h.status == "running").cloned() {
         out_of_rotation += 1;
-        let c = ctx.clone();
-        set.spawn(async move {
-            (
-                h.name.clone(),
-                HostRun {
-                    ctx: c,
-                    host: h,
-                    resumed: true,
-                }
-                .run()
-                .await,
-            )
-        });
+        spawn_host(&mut set, &mut names, &ctx, h, true, Duration::ZERO);
     }
 
     let exceeded = |failures: usize| failures * 100 > ctx.req.max_fail_percentage as usize * total;
@@ -239,32 +267,24 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         .await?
         .is_some_and(|r| r.cancel_requested);
     let mut capacity_blocked;
+    let mut external_out = 0;
     let mut shutting_down = false;
     loop {
         capacity_blocked = false;
         if !cancelled && !exceeded(failures) && !shutting_down {
-            while set.len() < concurrency {
-                if guarded && out_of_rotation >= max_unavailable {
-                    capacity_blocked = !pending.is_empty();
-                    break;
-                }
-                let Some(h) = pending.pop_front() else { break };
+            while set.len() < concurrency && !pending.is_empty() {
                 if guarded {
+                    // Servers taken out by someone else (an earlier aborted
+                    // deployment, an operator) count against the guard too.
+                    external_out = external_out_of_rotation(&ctx, &ours).await;
+                    if out_of_rotation + external_out >= max_unavailable {
+                        capacity_blocked = true;
+                        break;
+                    }
                     out_of_rotation += 1;
                 }
-                let c = ctx.clone();
-                set.spawn(async move {
-                    (
-                        h.name.clone(),
-                        HostRun {
-                            ctx: c,
-                            host: h,
-                            resumed: false,
-                        }
-                        .run()
-                        .await,
-                    )
-                });
+                let Some(h) = pending.pop_front() else { break };
+                spawn_host(&mut set, &mut names, &ctx, h, false, Duration::ZERO);
             }
         }
         if set.is_empty() {
@@ -272,14 +292,17 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         }
         let watch_wake = !cancelled && !shutting_down;
         tokio::select! {
-            joined = set.join_next() => {
+            joined = set.join_next_with_id() => {
                 let Some(joined) = joined else { continue };
                 let (name, end) = match joined {
-                    Ok(x) => x,
+                    Ok((task, x)) => {
+                        names.remove(&task);
+                        x
+                    }
                     Err(e) => {
-                        tracing::error!(deployment_id = %id, error = %e, "host task panicked");
-                        failures += 1;
-                        continue;
+                        let name = names.remove(&e.id()).unwrap_or_default();
+                        tracing::error!(deployment_id = %id, host = %name, error = %e, "host task panicked");
+                        (name, HostEnd::Interrupted)
                     }
                 };
                 match end {
@@ -290,7 +313,26 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
                         failures += 1;
                         // Left in maint: still out of rotation.
                     }
-                    HostEnd::Interrupted => {}
+                    HostEnd::Interrupted if shutting_down || d.shutdown.is_cancelled() => {}
+                    HostEnd::Interrupted => {
+                        // A store error or a panic cut the run short: run it
+                        // again from its stored state, like after a restart.
+                        let n = reruns.entry(name.clone()).or_insert(0);
+                        *n += 1;
+                        let row = d.store.deployment_hosts(id).await?.into_iter().find(|h| h.name == name);
+                        match row {
+                            Some(row) if row.status == "running" && *n <= MAX_HOST_RERUNS => {
+                                tracing::warn!(deployment_id = %id, host = %name, attempt = *n, "host run interrupted; resuming it");
+                                let delay = Duration::from_millis(500 * u64::from(*n));
+                                spawn_host(&mut set, &mut names, &ctx, row, true, delay);
+                            }
+                            Some(row) if row.status == "running" => {
+                                tracing::error!(deployment_id = %id, host = %name, "host run keeps failing; giving up on it");
+                                failures += 1;
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 tracing::debug!(deployment_id = %id, host = %name, ?end, "host done");
             }
@@ -308,6 +350,20 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         tracing::info!(deployment_id = %id, "controller stopping; deployment resumes on the next start");
         return Ok(());
     }
+    // Never end with a host whose state is unknown (its server could be
+    // drained): leave the deployment running for the next resume.
+    let stuck: Vec<String> = d
+        .store
+        .deployment_hosts(id)
+        .await?
+        .into_iter()
+        .filter(|h| h.status == "running")
+        .map(|h| h.name)
+        .collect();
+    if !stuck.is_empty() {
+        tracing::error!(deployment_id = %id, hosts = ?stuck, "hosts still running after the window closed; the deployment resumes later");
+        return Ok(());
+    }
     let (status, error) = if cancelled {
         ("cancelled", Some("cancelled on request".to_string()))
     } else if exceeded(failures) {
@@ -322,7 +378,8 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         (
             "aborted",
             Some(format!(
-                "{out_of_rotation} servers are out of rotation (failed hosts stay in maint), reaching max_unavailable {max_unavailable}; no further host can start"
+                "{} servers are out of rotation ({out_of_rotation} by this deployment, failed hosts stay in maint; {external_out} by others), reaching max_unavailable {max_unavailable}; no further host can start",
+                out_of_rotation + external_out
             )),
         )
     } else if failures > 0 {
@@ -345,6 +402,50 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         .await?;
     tracing::info!(deployment_id = %id, status, "deployment finished");
     Ok(())
+}
+
+/// Servers of the backend that are administratively out of rotation (maint
+/// or drain) on any HAProxy VM and are not this deployment's. Servers only
+/// failing their health checks are not counted: deploying to them takes no
+/// capacity away. An unanswered query counts nothing (and is logged).
+async fn external_out_of_rotation(ctx: &Ctx, ours: &HashSet<String>) -> usize {
+    let Some(hp) = &ctx.req.haproxy else { return 0 };
+    let mut out: HashSet<String> = HashSet::new();
+    for vm in &ctx.haproxy_vms {
+        let res = haproxy_job(
+            &ctx.d.fleet,
+            vm,
+            Some(&ctx.id),
+            vec![HaproxyAction::ServersState {
+                backend: hp.backend.clone(),
+            }],
+            Duration::from_secs(10),
+        )
+        .await;
+        let replies: serde_json::Value = match res {
+            Ok(o) if o.status == JobStatus::Succeeded => o
+                .output
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default(),
+            Ok(o) => {
+                tracing::warn!(vm = %vm, error = ?o.error, "cannot read the backend's servers; counting only ours");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm, error = %e, "cannot read the backend's servers; counting only ours");
+                continue;
+            }
+        };
+        for srv in replies[0]["ServersState"].as_array().into_iter().flatten() {
+            let name = srv["name"].as_str().unwrap_or_default();
+            let admin = srv["admin_state"].as_u64().unwrap_or(0);
+            if admin != 0 && !ours.contains(name) {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    out.len()
 }
 
 /// One host's run: drain on every HAProxy VM, wait for sessions to end,
@@ -455,12 +556,27 @@ impl HostRun {
             }
         }
 
-        self.step(
-            "deploying",
-            if c.req.haproxy.is_some() { "out" } else { "in" },
-        )
-        .await?;
-        let outcome = match self.playbook(&job_id).await {
+        if !past_playbook {
+            // (A host past its playbook keeps its step: a second restart
+            // must not drain it again.)
+            self.step(
+                "deploying",
+                if c.req.haproxy.is_some() { "out" } else { "in" },
+            )
+            .await?;
+        }
+        let limit = Duration::from_secs(c.req.job_timeout_seconds);
+        let playbook = match tokio::time::timeout(limit, self.playbook(&job_id)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.cancel_job(&job_id).await;
+                Err(PlaybookEnd::Failed(format!(
+                    "the playbook did not finish within job_timeout_seconds ({}s); it was cancelled",
+                    limit.as_secs()
+                )))
+            }
+        };
+        let outcome = match playbook {
             Ok(o) => o,
             Err(PlaybookEnd::Shutdown) => return Ok(HostEnd::Interrupted),
             Err(PlaybookEnd::Failed(e)) => return self.fail(&e).await,
@@ -512,7 +628,11 @@ impl HostRun {
             }
             self.step("ramping", "in").await?;
             for w in hp.weights.iter().skip(1) {
-                tokio::time::sleep(Duration::from_secs(hp.sleep_seconds)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(hp.sleep_seconds)) => {}
+                    // Resumes at "ramping" on the next start.
+                    _ = c.d.shutdown.cancelled() => return Ok(HostEnd::Interrupted),
+                }
                 if let Err(e) = self
                     .on_every_vm(
                         &format!("weight {w}%"),
@@ -548,9 +668,25 @@ impl HostRun {
         Ok(HostEnd::Succeeded)
     }
 
+    /// Asks the agent to cancel a job (best effort: it may be gone).
+    async fn cancel_job(&self, job_id: &str) {
+        let c = &self.ctx;
+        let req = JobRequest {
+            job_id: job_id.to_string(),
+            deployment_id: Some(c.id.clone()),
+            kind: JobKind::Cancel,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.stream_job(&req)).await;
+    }
+
     /// Marks the host failed, leaving its server in maint on every VM.
+    /// During a controller shutdown nothing is written: what looks like a
+    /// failure is the shutdown itself, and the host resumes on restart.
     async fn fail(&self, why: &str) -> Result<HostEnd, StoreError> {
         let c = &self.ctx;
+        if c.d.shutdown.is_cancelled() {
+            return Ok(HostEnd::Interrupted);
+        }
         let mut rotation = "in";
         if let Some(hp) = &c.req.haproxy {
             rotation = "maint";
@@ -594,7 +730,10 @@ impl HostRun {
                 let agent_ok = wait_for_agent(&d, &vm).await;
                 let started = Instant::now();
                 let res = if agent_ok {
-                    haproxy_job(&d.fleet, &vm, Some(&id), actions, timeout).await
+                    tokio::select! {
+                        r = haproxy_job(&d.fleet, &vm, Some(&id), actions, timeout) => r,
+                        _ = d.shutdown.cancelled() => Err("the controller is stopping".to_string()),
+                    }
                 } else {
                     Err(format!("HAProxy VM {vm} has no connected agent"))
                 };
@@ -603,7 +742,13 @@ impl HostRun {
         }
         let mut errors = Vec::new();
         while let Some(j) = set.join_next().await {
-            let Ok((vm, took, res)) = j else { continue };
+            let (vm, took, res) = match j {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.push(format!("an HAProxy task failed: {e}"));
+                    continue;
+                }
+            };
             let (ok, detail) = match &res {
                 Ok(o) if o.status == JobStatus::Succeeded => {
                     (true, o.output.clone().unwrap_or_default())

@@ -42,7 +42,19 @@ pub struct DeployRequest {
     /// Plan only.
     #[serde(default)]
     pub dry_run: bool,
+    /// Longest a host's playbook may run before it is cancelled and the
+    /// host failed.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_seconds: u64,
 }
+
+fn default_job_timeout() -> u64 {
+    3600
+}
+
+/// Hosts in flight at most, whatever the request says (each holds a job
+/// stream on every HAProxy VM's agent).
+pub const MAX_CONCURRENCY: usize = 1000;
 
 fn default_concurrency() -> Concurrency {
     Concurrency::Count(1)
@@ -160,8 +172,8 @@ impl DeployRequest {
                     "must be at least 1 (or a percentage like \"25%\")",
                 ))
             }
-            Concurrency::Count(n) if *n > 10_000 => {
-                return Err(err("concurrency", "must be at most 10000"))
+            Concurrency::Count(n) if *n > 1000 => {
+                return Err(err("concurrency", "must be at most 1000"))
             }
             Concurrency::Count(_) => {}
             Concurrency::Percent(p) => {
@@ -177,6 +189,9 @@ impl DeployRequest {
             if m < 1 {
                 return Err(err("max_unavailable", "must be at least 1"));
             }
+        }
+        if !(1..=86_400).contains(&self.job_timeout_seconds) {
+            return Err(err("job_timeout_seconds", "must be between 1 and 86400"));
         }
         if self.max_fail_percentage > 100 {
             return Err(err("max_fail_percentage", "must be between 0 and 100"));
@@ -242,6 +257,7 @@ impl DeployRequest {
                 (total * pct).div_ceil(100).max(1)
             }
         }
+        .min(MAX_CONCURRENCY)
     }
 
     /// Servers allowed out of rotation at once.

@@ -89,6 +89,17 @@ pub struct LastSeen {
     pub facts: String,
 }
 
+/// Result of [`Store::forget_agent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    /// Removed.
+    Forgotten,
+    /// Still trusted: revoke it first.
+    NotRevoked,
+    /// No such agent.
+    NotFound,
+}
+
 /// Why an enrollment token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
@@ -314,9 +325,11 @@ impl Store {
 
     // ---- agents and certificates ----
 
-    /// Records a certificate issued to an agent (enrollment or renewal) and
-    /// makes it the agent's current one. Enrolling a revoked name again
-    /// clears the revocation: a new token was spent on it deliberately.
+    /// Records a certificate issued to an agent and makes it the agent's
+    /// current one. An enrollment creates the agent and fails if the name
+    /// exists (no token holder can take over a node name, revoked or not); a
+    /// renewal only updates an agent that is not revoked. Returns false when
+    /// nothing was recorded for those reasons.
     pub async fn record_certificate(
         &self,
         name: &str,
@@ -324,9 +337,47 @@ impl Store {
         fingerprint: &str,
         not_after_ms: i64,
         enrollment: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let recorded = if enrollment {
+            let exists = sqlx::query(&self.sql("SELECT name FROM agents WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                false
+            } else {
+                sqlx::query(&self.sql(
+                    "INSERT INTO agents (name, cert_serial, cert_fingerprint, cert_not_after, version, first_seen) \
+                     VALUES (?, ?, ?, ?, '', ?)",
+                ))
+                .bind(name)
+                .bind(serial)
+                .bind(fingerprint)
+                .bind(not_after_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+        } else {
+            sqlx::query(&self.sql(
+                "UPDATE agents SET cert_serial = ?, cert_fingerprint = ?, cert_not_after = ? \
+                 WHERE name = ? AND revoked_at IS NULL",
+            ))
+            .bind(serial)
+            .bind(fingerprint)
+            .bind(not_after_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        if !recorded {
+            return Ok(false);
+        }
         sqlx::query(&self.sql(
             "INSERT INTO certificates (serial, agent_name, fingerprint, not_after, issued_at, revoked) \
              VALUES (?, ?, ?, ?, ?, 0)",
@@ -338,35 +389,25 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let updated = sqlx::query(&self.sql(
-            "UPDATE agents SET cert_serial = ?, cert_fingerprint = ?, cert_not_after = ? WHERE name = ?",
-        ))
-        .bind(serial)
-        .bind(fingerprint)
-        .bind(not_after_ms)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            sqlx::query(&self.sql(
-                "INSERT INTO agents (name, cert_serial, cert_fingerprint, cert_not_after, version, first_seen) \
-                 VALUES (?, ?, ?, ?, '', ?)",
-            ))
-            .bind(name)
-            .bind(serial)
-            .bind(fingerprint)
-            .bind(not_after_ms)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        } else if enrollment {
-            sqlx::query(&self.sql("UPDATE agents SET revoked_at = NULL WHERE name = ?"))
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes a revoked agent so its name can be enrolled again (a rebuilt
+    /// VM). Its certificates stay revoked.
+    pub async fn forget_agent(&self, name: &str) -> Result<Forget, StoreError> {
+        let done =
+            sqlx::query(&self.sql("DELETE FROM agents WHERE name = ? AND revoked_at IS NOT NULL"))
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Forget::Forgotten);
+        }
+        Ok(match self.get_agent(name).await? {
+            Some(_) => Forget::NotRevoked,
+            None => Forget::NotFound,
+        })
     }
 
     /// All agents, by name.
@@ -501,9 +542,15 @@ mod tests {
     async fn revocation_covers_every_certificate_of_the_agent() {
         let (_d, s) = store().await;
         let far = now_ms() + 3_600_000;
-        s.record_certificate("web-1", "aa", "f1", far, true)
+        assert!(s
+            .record_certificate("web-1", "aa", "f1", far, true)
             .await
-            .unwrap();
+            .unwrap());
+        // The name is taken: a second enrollment records nothing.
+        assert!(!s
+            .record_certificate("web-1", "zz", "f9", far, true)
+            .await
+            .unwrap());
         s.record_certificate("web-1", "bb", "f2", far, false)
             .await
             .unwrap();
@@ -520,6 +567,28 @@ mod tests {
         let a = s.get_agent("web-1").await.unwrap().unwrap();
         assert_eq!(a.cert_serial, "bb");
         assert!(a.revoked_at.is_some());
+        // Revoked: no renewal, no re-enrollment until an admin forgets it.
+        assert!(!s
+            .record_certificate("web-1", "dd", "f4", far, false)
+            .await
+            .unwrap());
+        assert!(!s
+            .record_certificate("web-1", "dd", "f4", far, true)
+            .await
+            .unwrap());
+        assert_eq!(s.forget_agent("web-2").await.unwrap(), Forget::NotRevoked);
+        assert_eq!(s.forget_agent("ghost").await.unwrap(), Forget::NotFound);
+        assert_eq!(s.forget_agent("web-1").await.unwrap(), Forget::Forgotten);
+        assert!(s
+            .record_certificate("web-1", "ee", "f5", far, true)
+            .await
+            .unwrap());
+        // Its old certificates stay revoked.
+        assert!(s
+            .revoked_serials()
+            .await
+            .unwrap()
+            .contains(&"aa".to_string()));
     }
 
     #[tokio::test]
