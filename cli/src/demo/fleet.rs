@@ -546,6 +546,15 @@ impl LocalFleet {
     }
 
     /// `kill -9` the controller.
+    /// SIGTERMs the controller (SIGKILL after `grace`) and returns how it
+    /// exited.
+    pub fn stop_controller(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.controller.as_mut()?;
+        c.stop(grace);
+        c.exited()
+    }
+
+    /// SIGKILLs the controller (for crash tests).
     pub fn kill_controller(&mut self) {
         if let Some(c) = self.controller.as_mut() {
             c.kill9();
