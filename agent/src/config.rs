@@ -37,13 +37,13 @@ pub struct AgentConfig {
     #[serde(default)]
     pub haproxy_socket: Option<PathBuf>,
     /// First reconnect backoff step.
-    #[serde(default = "default_base", with = "humantime_str")]
+    #[serde(default = "default_base", with = "vesemir_daemon::duration")]
     pub reconnect_base: Duration,
     /// Largest reconnect backoff.
-    #[serde(default = "default_cap", with = "humantime_str")]
+    #[serde(default = "default_cap", with = "vesemir_daemon::duration")]
     pub reconnect_cap: Duration,
     /// Default timeout of a playbook task without its own.
-    #[serde(default = "default_task_timeout", with = "humantime_str")]
+    #[serde(default = "default_task_timeout", with = "vesemir_daemon::duration")]
     pub task_timeout: Duration,
     /// Host variables (like Ansible's host_vars): given to every playbook
     /// this agent runs; a request's own vars override them.
@@ -76,52 +76,7 @@ fn default_task_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
-mod humantime_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{e}: expected a duration like \"1s\" or \"5m\""))
-        })
-    }
-}
-
-/// A configuration the agent can't use (exit 64).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Broken TOML or unknown key (toml's message names it).
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// Message.
-        message: String,
-    },
-    /// A key with an unusable value.
-    #[error("invalid config {path}: key `{key}`: {message}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// Key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use vesemir_daemon::ConfigError;
 
 impl AgentConfig {
     /// Reads and validates a config file.

@@ -1,13 +1,12 @@
 //! `vesemir-agent`: enroll, run, and local playbook tools.
 //! Exit codes: 0 ok, 1 failure, 64 bad usage or configuration.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_agent::config::AgentConfig;
 use vesemir_agent::enroll::{enroll, EnrollError, EnrollOptions};
-
-const EX_USAGE: u8 = 64;
+use vesemir_daemon::{init_logging, shutdown_signal, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-agent", version, about = "vesemir agent")]
@@ -17,12 +16,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -71,19 +64,6 @@ enum Command {
         #[command(subcommand)]
         cmd: vesemir_agent::runner::cli::PlaybookCommand,
     },
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().flatten_event(true).init(),
-    }
 }
 
 fn main() -> ExitCode {
@@ -169,15 +149,5 @@ fn main() -> ExitCode {
             }
         }
         Command::Playbook { cmd } => rt.block_on(vesemir_agent::runner::cli::main(cmd)),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

@@ -25,19 +25,19 @@ pub struct ControllerConfig {
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u32,
     /// Lifetime of agent certificates (humantime, e.g. "7d").
-    #[serde(default = "default_cert_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "default_cert_ttl", with = "vesemir_daemon::duration")]
     pub agent_cert_ttl: Duration,
     /// How often buffered last-seen updates are written to the store.
-    #[serde(default = "default_flush", with = "humantime_serde_compat")]
+    #[serde(default = "default_flush", with = "vesemir_daemon::duration")]
     pub last_seen_flush: Duration,
     /// QUIC idle timeout: a silent agent is dropped after this.
-    #[serde(default = "default_idle", with = "humantime_serde_compat")]
+    #[serde(default = "default_idle", with = "vesemir_daemon::duration")]
     pub quic_idle_timeout: Duration,
     /// Largest HTTP request body accepted, bytes.
     #[serde(default = "default_body_limit")]
     pub api_body_limit: usize,
     /// Per-request timeout of the HTTP API (streams excluded).
-    #[serde(default = "default_api_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_api_timeout", with = "vesemir_daemon::duration")]
     pub api_timeout: Duration,
     /// Chef server, when the inventory comes from Chef.
     #[serde(default)]
@@ -72,55 +72,7 @@ fn default_api_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Durations in config files are humantime strings ("30s", "7d").
-pub mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    /// Serializes as a humantime string.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    /// Parses a humantime string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{e}: expected a duration like \"30s\" or \"7d\""))
-        })
-    }
-}
-
-/// A configuration that can't be used. The process exits 64 (EX_USAGE).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file can't be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The TOML is broken or has an unknown/mistyped key.
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// toml's message, which names the key and line.
-        message: String,
-    },
-    /// A key has a value we can't use.
-    #[error("invalid config {path}: key `{key}`: {message}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// The offending key.
-        key: &'static str,
-        /// What is wrong and what would be right.
-        message: String,
-    },
-}
+pub use vesemir_daemon::ConfigError;
 
 impl ControllerConfig {
     /// A config with defaults for a data dir.

@@ -18,7 +18,6 @@ pub mod enroll;
 pub mod events;
 pub mod fleet;
 pub mod inventory;
-pub mod logging;
 pub mod pki;
 pub mod quic;
 pub mod server;

@@ -7,10 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_controller::config::ControllerConfig;
-use vesemir_controller::logging::{self, LogFormat};
 use vesemir_controller::server::{self, InitOptions};
-
-const EX_USAGE: u8 = 64;
+use vesemir_daemon::{init_logging, shutdown_signal, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-controller", version, about = "vesemir controller")]
@@ -69,7 +67,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    init_logging(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -170,15 +168,5 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

@@ -1,0 +1,117 @@
+//! What `vesemir-controller` and `vesemir-agent` share as processes: the
+//! `--log-format` tracing setup, the shutdown signal, configuration errors
+//! (which exit 64, EX_USAGE, so systemd's `RestartPreventExitStatus=64`
+//! stops a restart loop), and duration fields in config files.
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for bad usage or configuration.
+pub const EX_USAGE: u8 = 64;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for central logging.
+    Json,
+}
+
+/// Installs the global subscriber: logs go to stderr, level from `RUST_LOG`
+/// (default info).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// A configuration file that can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file can't be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Broken TOML, or an unknown or mistyped key (the message names it).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// A key with a value that can't be used.
+    #[error("invalid config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// Durations in config files as humantime strings ("30s", "7d"):
+/// `#[serde(with = "vesemir_daemon::duration")]`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes a humantime string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{e}: expected a duration like \"30s\" or \"7d\""))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct T {
+        #[serde(with = "super::duration")]
+        d: Duration,
+    }
+
+    #[test]
+    fn durations_read_and_write_as_text() {
+        let t: T = serde_json::from_str(r#"{"d":"1m 30s"}"#).unwrap();
+        assert_eq!(t.d, Duration::from_secs(90));
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"d":"1m 30s"}"#);
+        let err = serde_json::from_str::<T>(r#"{"d":"soon"}"#).unwrap_err();
+        assert!(err.to_string().contains("like \"30s\""), "{err}");
+    }
+}
