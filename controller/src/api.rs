@@ -254,12 +254,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let connected = state.fleet.connected_count();
+    let orchestrators = state.deployments.running_count();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         format!(
             "# HELP vesemir_agents_connected Agents with a live QUIC connection.\n\
              # TYPE vesemir_agents_connected gauge\n\
-             vesemir_agents_connected {connected}\n"
+             vesemir_agents_connected {connected}\n\
+             # HELP vesemir_deployments_running Deployments whose orchestrator runs in this controller.\n\
+             # TYPE vesemir_deployments_running gauge\n\
+             vesemir_deployments_running {orchestrators}\n"
         ),
     )
 }

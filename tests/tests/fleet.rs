@@ -53,6 +53,21 @@ fn three_agents_enroll_connect_and_report_facts_a_fourth_is_refused() -> Result<
         assert_eq!(a["facts"]["load"].as_array().unwrap().len(), 3);
     }
 
+    let metrics = tokio::runtime::Runtime::new()?.block_on(async {
+        reqwest::get(format!("{}/metrics", c.url))
+            .await?
+            .text()
+            .await
+    })?;
+    assert!(
+        metrics.contains("vesemir_agents_connected 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vesemir_deployments_running 0\n"),
+        "{metrics}"
+    );
+
     let fourth = c.enroll("web-4", &token, &[]);
     assert!(!fourth.status.success());
     let err = String::from_utf8_lossy(&fourth.stderr);

@@ -234,6 +234,11 @@ impl Deployments {
         self.log_version.subscribe()
     }
 
+    /// Number of orchestrators running in this process.
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running lock").len()
+    }
+
     /// Whether a deployment's orchestrator runs in this process.
     pub fn is_running_here(&self, id: &str) -> bool {
         self.running.lock().expect("running lock").contains_key(id)
