@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_agent::config::AgentConfig;
 use vesemir_agent::enroll::{enroll, EnrollError, EnrollOptions};
-use vesemir_daemon::{init_logging, shutdown_signal, LogFormat, EX_USAGE};
+use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-agent", version, about = "vesemir agent")]
@@ -122,30 +122,20 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e @ (EnrollError::Usage(_) | EnrollError::AlreadyEnrolled(_))) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EX_USAGE)
+                    exit_error(EX_USAGE, &e)
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => exit_error(1, &e),
             }
         }
         Command::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
+                Err(e) => return exit_error(EX_USAGE, &e),
             };
             tracing::info!(agent = %cfg.name, controller = %cfg.controller, "agent starting");
             match rt.block_on(vesemir_agent::session::run(cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => exit_error(1, &e),
             }
         }
         Command::Playbook { cmd } => rt.block_on(vesemir_agent::runner::cli::main(cmd)),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_controller::config::ControllerConfig;
 use vesemir_controller::server::{self, InitOptions};
-use vesemir_daemon::{init_logging, shutdown_signal, LogFormat, EX_USAGE};
+use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-controller", version, about = "vesemir controller")]
@@ -145,19 +145,13 @@ fn main() -> ExitCode {
                     println!("  vesemir tokens create --ttl 1h --uses 3");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => exit_error(1, &e),
             }
         }
         Command::Serve { config } => {
             let cfg = match ControllerConfig::load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
+                Err(e) => return exit_error(EX_USAGE, &e),
             };
             match rt.block_on(server::serve(cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,13 @@ use tracing_subscriber::EnvFilter;
 /// Exit status for bad usage or configuration.
 pub const EX_USAGE: u8 = 64;
 
+/// Prints `error: …` on stderr and gives the exit code: the one way both
+/// daemons end on an error (`EX_USAGE` for usage/config, 1 otherwise).
+pub fn exit_error(code: u8, err: &dyn std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("error: {err}");
+    std::process::ExitCode::from(code)
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
