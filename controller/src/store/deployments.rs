@@ -361,7 +361,7 @@ impl Store {
         haproxy_vms: &str,
         hosts: &[NewHost],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
             "UPDATE deployments SET status = 'running', started_at = ?, query = ?, haproxy_query = ?, \
              haproxy_vms = ?, hosts_total = ? WHERE id = ?",
@@ -405,7 +405,7 @@ impl Store {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
             "UPDATE deployment_hosts SET status = 'skipped', finished_at = ? \
              WHERE deployment_id = ? AND status = 'pending'",
@@ -543,7 +543,7 @@ impl Store {
         let q = self.sql(
             "INSERT INTO deployment_logs (deployment_id, seq, ts, host, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for r in rows {
             sqlx::query(&q)
                 .bind(id)

@@ -206,6 +206,21 @@ impl Store {
         }
     }
 
+    /// Starts a transaction that writes. On SQLite it is `BEGIN IMMEDIATE`:
+    /// the write lock is taken up front, where `busy_timeout` makes it wait
+    /// its turn. A deferred transaction that reads first and then writes
+    /// can't wait: when another writer committed in between, SQLite refuses
+    /// it at once with `database is locked` whatever the timeout (that is how
+    /// enrollments failed under load). Every transaction in the store writes,
+    /// so every one starts here; single statements outside a transaction
+    /// take the lock when they start and wait under `busy_timeout` already.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -339,7 +354,7 @@ impl Store {
         enrollment: bool,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let recorded = if enrollment {
             let exists = sqlx::query(&self.sql("SELECT name FROM agents WHERE name = ?"))
                 .bind(name)
@@ -432,7 +447,7 @@ impl Store {
     /// Revokes an agent and every certificate ever issued to it. Returns the
     /// revoked serials, or None if there is no such agent.
     pub async fn revoke_agent(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             &self.sql("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"),
         )
@@ -487,7 +502,7 @@ impl Store {
         let q = self.sql(
             "UPDATE agents SET last_seen = ?, version = ?, remote_addr = ?, facts = ? WHERE name = ?",
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for u in batch {
             sqlx::query(&q)
                 .bind(u.at)
