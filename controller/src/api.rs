@@ -463,10 +463,13 @@ pub fn check_changeset(c: &ChangesetBody) -> Result<(), (&'static str, String)> 
             .version
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+        // The version becomes a directory name (releases/VERSION) on the
+        // agent: it must be one component, never "." or ".." or hidden.
+        || c.version.starts_with('.')
     {
         return Err((
             "changeset.version",
-            "must be 1-128 characters of letters, digits, '-', '_', '.', '+'".into(),
+            "must be 1-128 characters of letters, digits, '-', '_', '.', '+', not starting with '.'".into(),
         ));
     }
     if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
@@ -611,6 +614,22 @@ async fn resolve_inventory(
 #[cfg(test)]
 mod tests {
     use super::field_first;
+
+    #[test]
+    fn changeset_versions_are_one_safe_path_component() {
+        let c = |v: &str| super::ChangesetBody {
+            version: v.into(),
+            url: "http://x/a.tgz".into(),
+            sha256: "a".repeat(64),
+        };
+        for bad in ["..", ".", ".hidden", "a/b", ""] {
+            let e = super::check_changeset(&c(bad)).unwrap_err();
+            assert_eq!(e.0, "changeset.version", "{bad:?}");
+        }
+        for good in ["1.0", "2.4.1+build.7", "v1_rc-2"] {
+            assert!(super::check_changeset(&c(good)).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn json_errors_start_with_the_field() {
