@@ -193,6 +193,37 @@ async fn wrong_checksum_changes_nothing() {
     assert_eq!(systemctl_calls(site.tmp.path()).len(), 1);
 }
 
+/// Issue: a `..` version made the shipped deploy write into `base_dir`
+/// itself, point `current` at `releases/..` and report success. The agent
+/// refuses it before any task runs, whoever sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_is_not_one_path_component_is_refused_before_any_task() {
+    let site = Site::new().await;
+    let v1 = site.publish("1.0.0");
+    let (o, _) = site.run("d1", "deploy.yml", Some(v1)).await;
+    assert_eq!(o.status, JobStatus::Succeeded);
+    for (i, bad) in ["..", ".", ".hidden", "a/b"].iter().enumerate() {
+        let mut cs = site.publish("2.0.0");
+        cs.version = bad.to_string();
+        let (o, events) = site.run(&format!("bad-{i}"), "deploy.yml", Some(cs)).await;
+        assert_eq!(o.status, JobStatus::Failed, "{bad:?}");
+        let err = o.error.unwrap_or_default();
+        assert!(
+            err.contains("not one safe path component"),
+            "{bad:?}: {err}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, JobEvent::TaskStarted { .. })),
+            "{bad:?}: a task started"
+        );
+    }
+    assert!(!site.base().join("VERSION").exists());
+    assert_eq!(site.current(), site.base().join("releases/1.0.0"));
+    assert_eq!(systemctl_calls(site.tmp.path()).len(), 1);
+}
+
 #[tokio::test]
 async fn unhealthy_release_fails_the_job() {
     let site = Site::new().await;

@@ -457,16 +457,9 @@ pub fn valid_playbook_name(p: &str) -> bool {
 
 /// Checks a changeset: version, http(s) URL, 64 hex digits.
 pub fn check_changeset(c: &ChangesetBody) -> Result<(), (&'static str, String)> {
-    if c.version.is_empty()
-        || c.version.len() > 128
-        || !c
-            .version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
-        // The version becomes a directory name (releases/VERSION) on the
-        // agent: it must be one component, never "." or ".." or hidden.
-        || c.version.starts_with('.')
-    {
+    // The version becomes a directory name (releases/VERSION) on the agent:
+    // one component, never "." or ".." or hidden. The agent checks again.
+    if !vesemir_protocol::job::is_one_path_component(&c.version) {
         return Err((
             "changeset.version",
             "must be 1-128 characters of letters, digits, '-', '_', '.', '+', not starting with '.'".into(),
@@ -508,6 +501,16 @@ async fn run_on_agent(
     }
     if let Some(c) = &body.changeset {
         check_changeset(c).map_err(|(f, m)| unprocessable(f, m))?;
+    }
+    if let Some((k, _)) = body
+        .vars
+        .iter()
+        .find(|(_, v)| vesemir_protocol::job::climbs_out(v))
+    {
+        return Err(unprocessable(
+            &format!("vars.{k}"),
+            "must not contain a `..` path component or a NUL byte",
+        ));
     }
     if state.store.get_agent(&name).await?.is_none() {
         return Err(no_agent(&name));

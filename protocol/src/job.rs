@@ -287,3 +287,48 @@ mod tests {
         }
     }
 }
+
+/// Whether `s` can be one component of a path on a VM (a changeset version
+/// becomes `releases/<version>`): 1-128 of letters, digits, `-`, `_`, `.`,
+/// `+`, not starting with `.` (so never `.`, `..` or hidden). Controller and
+/// agent both check it: the agent trusts no request.
+pub fn is_one_path_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+}
+
+/// Whether a request value could climb out of the directory a playbook
+/// joins it into: a `..` component (between `/` or `\`), or a NUL byte.
+/// Variables may hold paths (`base_dir=/srv/app`), never `..`.
+pub fn climbs_out(s: &str) -> bool {
+    s.contains('\0') || s.split(['/', '\\']).any(|c| c == "..")
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn path_components_and_climbing_values() {
+        for (s, one, climbs) in [
+            ("2.4.1+b7", true, false),
+            ("v1_rc-2", true, false),
+            ("..", false, true),
+            (".", false, false),
+            (".hidden", false, false),
+            ("a/b", false, false),
+            ("", false, false),
+            ("/srv/app", false, false),
+            ("/srv/../etc", false, true),
+            ("x\\..\\y", false, true),
+            ("a\0b", false, true),
+            ("a..b", true, false),
+        ] {
+            assert_eq!(is_one_path_component(s), one, "{s:?}");
+            assert_eq!(climbs_out(s), climbs, "{s:?}");
+        }
+    }
+}

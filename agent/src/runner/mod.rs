@@ -81,6 +81,10 @@ pub enum PlaybookError {
         /// What is wrong, in words a user can act on.
         message: String,
     },
+    /// A request value would become an unsafe path: a changeset version that
+    /// is not one path component, or a variable with a `..` component.
+    #[error("refused: {0} (the controller checks this too; a request that gets here did not come through it)")]
+    UnsafeValue(String),
     /// A job named a playbook outside the playbook directory.
     #[error("invalid playbook name `{0}`: give the file name of a playbook in the playbook directory (no `/`, no `..`)")]
     BadName(String),

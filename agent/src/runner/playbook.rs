@@ -706,6 +706,33 @@ pub(crate) fn base_context(
 /// required vars present, each task's `when`, args (rendered and typed),
 /// `timeout`, `changed_when`/`failed_when`, with registered names known only
 /// after the task that registers them.
+/// The agent trusts no request: values that playbooks join into paths are
+/// checked here too, before anything runs (a `..` version would otherwise
+/// make `releases/<version>` the base directory itself).
+fn check_request_paths(
+    request: &BTreeMap<String, String>,
+    changeset: Option<&Changeset>,
+) -> Result<(), PlaybookError> {
+    if let Some(c) = changeset {
+        if !vesemir_protocol::job::is_one_path_component(&c.version) {
+            return Err(PlaybookError::UnsafeValue(format!(
+                "changeset version {:?} is not one safe path component \
+                 (letters, digits, '-', '_', '.', '+', not starting with '.')",
+                c.version
+            )));
+        }
+    }
+    if let Some((k, _)) = request
+        .iter()
+        .find(|(_, v)| vesemir_protocol::job::climbs_out(v))
+    {
+        return Err(PlaybookError::UnsafeValue(format!(
+            "variable `{k}` contains a `..` path component or a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check(
     pb: &Playbook,
     request: &BTreeMap<String, String>,
@@ -713,6 +740,7 @@ pub(crate) fn check(
     facts: &Value,
     mode: CheckMode,
 ) -> Result<(), PlaybookError> {
+    check_request_paths(request, changeset)?;
     let env = environment();
     let mut ctx = base_context(request, changeset, facts);
     for (name, l) in &pb.requires {

@@ -130,8 +130,11 @@ fn err(field: &str, message: impl Into<String>) -> FieldError {
 
 /// Plain names: applications, environments, teams.
 fn valid_label(s: &str) -> bool {
+    // Labels name directories and files on VMs (`/srv/<app>`): never `.`,
+    // `..` or hidden.
     !s.is_empty()
         && s.len() <= 64
+        && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
@@ -158,7 +161,7 @@ impl DeployRequest {
             if !valid_label(v) {
                 return Err(err(
                     field,
-                    "must be 1-64 characters of letters, digits, '-', '_', '.'",
+                    "must be 1-64 characters of letters, digits, '-', '_', '.', not starting with '.'",
                 ));
             }
         }
@@ -219,6 +222,12 @@ impl DeployRequest {
             }
             if v.len() > 4096 {
                 return Err(err(&format!("vars.{k}"), "value longer than 4096 bytes"));
+            }
+            if vesemir_protocol::job::climbs_out(v) {
+                return Err(err(
+                    &format!("vars.{k}"),
+                    "must not contain a `..` path component or a NUL byte",
+                ));
             }
         }
         match &self.changeset {
@@ -447,6 +456,13 @@ mod tests {
             Some("haproxy.drain_mode"),
         );
         check(|v| v["application"] = "a b".into(), Some("application"));
+        check(|v| v["application"] = "..".into(), Some("application"));
+        check(|v| v["environment"] = ".".into(), Some("environment"));
+        check(
+            |v| v["vars"]["base_dir"] = "/srv/../etc".into(),
+            Some("vars.base_dir"),
+        );
+        check(|v| v["vars"]["base_dir"] = "/srv/app".into(), None);
         check(
             |v| v["max_fail_percentage"] = 101.into(),
             Some("max_fail_percentage"),
