@@ -224,6 +224,33 @@ async fn a_version_that_is_not_one_path_component_is_refused_before_any_task() {
     assert_eq!(systemctl_calls(site.tmp.path()).len(), 1);
 }
 
+/// A deploy that installed nothing fails instead of switching `current`
+/// to an empty release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_that_unpacks_nothing_fails_the_deploy() {
+    let site = Site::new().await;
+    let v1 = site.publish("1.0.0");
+    let (o, _) = site.run("d1", "deploy.yml", Some(v1)).await;
+    assert_eq!(o.status, JobStatus::Succeeded);
+    let empty = tar_gz(&[]);
+    site.server.route("/artifacts/empty.tar.gz", 200, &empty);
+    let cs = Changeset {
+        version: "2.0.0".into(),
+        url: site.server.url("/artifacts/empty.tar.gz"),
+        sha256: sha256_hex(&empty),
+    };
+    let (o, events) = site.run("d2", "deploy.yml", Some(cs)).await;
+    assert_eq!(o.status, JobStatus::Failed);
+    assert_eq!(failed_task(&events).as_deref(), Some("shell"));
+    assert!(
+        events.iter().any(|e| matches!(e, JobEvent::TaskResult(r)
+            if r.stderr_tail.contains("nothing was unpacked"))),
+        "{events:?}"
+    );
+    assert_eq!(site.current(), site.base().join("releases/1.0.0"));
+    assert_eq!(systemctl_calls(site.tmp.path()).len(), 1);
+}
+
 #[tokio::test]
 async fn unhealthy_release_fails_the_job() {
     let site = Site::new().await;
