@@ -117,6 +117,16 @@ async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) 
     }
 }
 
+/// Maps a query-string rejection (`?limit=abc`) to the JSON error shape:
+/// a 422 whose message says which parameter serde could not accept.
+pub fn query_rejection(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        format!("query string: {}", e.body_text()),
+    )
+}
+
 /// Maps a JSON body rejection: 413 stays 413, everything else is a 422
 /// whose message names what serde could not accept.
 pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
@@ -227,15 +237,23 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(v1)
         .merge(streams)
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see /v1/openapi.json",
-            )
-        })
+        // Unknown paths answer 404 only after authentication: without a
+        // token nobody learns which paths exist.
+        .merge(
+            Router::new()
+                .fallback(unknown_path)
+                .layer(middleware::from_fn_with_state(state.clone(), auth)),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /v1/openapi.json",
+    )
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {

@@ -4,7 +4,7 @@
 use super::plan::{batches, make_plan, PlanError};
 use super::request::DeployRequest;
 use super::{SubmitError, Submitted};
-use crate::api::{json_rejection, ApiError, AppState, Caller};
+use crate::api::{json_rejection, query_rejection, ApiError, AppState, Caller};
 use crate::fleet::rfc3339;
 use crate::store::{DeploymentRow, HaproxyActionRow, HostRow};
 use axum::extract::{Path, Query, State};
@@ -187,13 +187,17 @@ pub struct ListQuery {
 /// `GET /v1/deployments`.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(query_rejection)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(invalid("limit: must be between 1 and 1000".into()));
     }
-    let offset = q.offset.unwrap_or(0).max(0);
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(invalid("offset: must be 0 or more".into()));
+    }
     let (rows, total) = state
         .store
         .list_deployments(
@@ -318,8 +322,9 @@ pub struct LogsQuery {
 pub async fn logs(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(query_rejection)?;
     state
         .store
         .get_deployment(&id)
