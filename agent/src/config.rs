@@ -115,6 +115,7 @@ impl AgentConfig {
                 format!("{} is not a directory", cfg.data_dir.display()),
             ));
         }
+        vesemir_daemon::check_private_key(&cfg.path(&cfg.key)).map_err(|m| invalid("key", m))?;
         Ok(cfg)
     }
 

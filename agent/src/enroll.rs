@@ -72,6 +72,17 @@ pub async fn enroll(opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
         path: opts.data_dir.clone(),
         source,
     })?;
+    // The data dir holds the key and agent.toml (which names the playbook
+    // dir and the systemctl to run): 0700 whatever the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| IdentityError::Io {
+                path: opts.data_dir.clone(),
+                source,
+            },
+        )?;
+    }
     let data_dir = std::fs::canonicalize(&opts.data_dir).map_err(|source| IdentityError::Io {
         path: opts.data_dir.clone(),
         source,

@@ -164,6 +164,12 @@ impl ControllerConfig {
                 ));
             }
         }
+        let dd = DataDir {
+            root: cfg.data_dir.clone(),
+        };
+        for key in [dd.ca_key(), dd.server_key()] {
+            vesemir_daemon::check_private_key(&key).map_err(|m| invalid("data_dir", &m))?;
+        }
         if let Some(url) = &cfg.database_url {
             if !(url.starts_with("sqlite:") || url.starts_with("postgres")) {
                 return Err(invalid(

@@ -83,6 +83,27 @@ pub enum ConfigError {
     },
 }
 
+/// Refuses a private key that group or others can read or write, like ssh
+/// does: a key anyone on the VM can read is anyone's identity. A missing
+/// file is not this check's business (the caller reports it where it is
+/// used). The error says the `chmod` to run.
+pub fn check_private_key(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "private key {} is accessible by group or others (mode {mode:04o}); \
+             run `chmod 600 {}` and start again",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Durations in config files as humantime strings ("30s", "7d"):
 /// `#[serde(with = "vesemir_daemon::duration")]`.
 pub mod duration {
@@ -105,6 +126,32 @@ pub mod duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn private_keys_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        assert!(
+            super::check_private_key(&key).is_ok(),
+            "missing is not refused here"
+        );
+        std::fs::write(&key, "k").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o660, false),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = super::check_private_key(&key);
+            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+            }
+        }
+    }
+
     use std::time::Duration;
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
