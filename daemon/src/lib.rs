@@ -36,9 +36,39 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(escaping_fields()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// The text format's field formatter: like the default one (`message`
+/// bare, other fields `name=value`, space-separated), but with control
+/// characters (`\n`, `\r`, ESC, ...) in messages and values written as
+/// escapes, so a value from outside (a node name, a header) cannot forge a
+/// log line or send terminal escapes. JSON escapes on its own.
+fn escaping_fields(
+) -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let name = field.name();
+        if name != "message" {
+            write!(w, "{}=", name.strip_prefix("r#").unwrap_or(name))?;
+        }
+        write_escaped(w, &format!("{value:?}"))
+    })
+    .delimited(" ")
+}
+
+/// Writes `text` with every control character as its Rust escape.
+fn write_escaped(w: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(w, "{}", c.escape_default())?;
+        } else {
+            w.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -153,6 +183,13 @@ mod tests {
     }
 
     use std::time::Duration;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut out = String::new();
+        super::write_escaped(&mut out, "x\nFORGED\r\u{1b}[31m ok").unwrap();
+        assert_eq!(out, "x\\nFORGED\\r\\u{1b}[31m ok");
+    }
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
     struct T {
