@@ -457,6 +457,25 @@ impl Systemctl {
         Ok(Systemctl { dir })
     }
 
+    /// A stand-in with one unit, `app`: the sample app on
+    /// `127.0.0.1:port`, serving version 1.0 from a `VERSION` file in the
+    /// units directory.
+    pub fn with_sample_app(port: u16) -> Result<Systemctl> {
+        let sys = Systemctl::new()?;
+        let version = sys.units_dir().join("VERSION");
+        std::fs::write(&version, "1.0\n")?;
+        sys.add_unit(
+            "app",
+            &format!(
+                "{} --listen 127.0.0.1:{port} --version-file {}",
+                crate::fleet::bin("vesemir-sample-app").display(),
+                version.display()
+            ),
+            None,
+        )?;
+        Ok(sys)
+    }
+
     /// The units directory (`VESEMIR_SYSTEMCTL_UNITS`).
     pub fn units_dir(&self) -> PathBuf {
         self.dir.path().join("units")

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{bin, free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
 use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
 
 fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
@@ -28,19 +28,8 @@ fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sys = Systemctl::new()?;
     let port = free_port();
-    let version = sys.units_dir().join("VERSION");
-    std::fs::write(&version, "1.0\n")?;
-    sys.add_unit(
-        "app",
-        &format!(
-            "{} --listen 127.0.0.1:{port} --version-file {}",
-            bin("vesemir-sample-app").display(),
-            version.display()
-        ),
-        None,
-    )?;
+    let sys = Systemctl::with_sample_app(port)?;
     let agent = Agent::start_with_env(c.agent_dir("app-1"), "app-1", &sys.env())?;
     wait_for("agent connected", Duration::from_secs(5), || {
         (c.agent_state("app-1").as_deref() == Some("connected")).then_some(())

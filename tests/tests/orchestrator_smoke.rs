@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{bin, free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
 use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
 
 struct Env {
@@ -36,18 +36,7 @@ fn env(hosts: usize) -> Result<Env> {
     for i in 1..=hosts {
         let name = format!("app-{i}");
         let port = free_port();
-        let sys = Systemctl::new()?;
-        let version = sys.units_dir().join("VERSION");
-        std::fs::write(&version, "1.0\n")?;
-        sys.add_unit(
-            "app",
-            &format!(
-                "{} --listen 127.0.0.1:{port} --version-file {}",
-                bin("vesemir-sample-app").display(),
-                version.display()
-            ),
-            None,
-        )?;
+        let sys = Systemctl::with_sample_app(port)?;
         let out = c.enroll(
             &name,
             &token,

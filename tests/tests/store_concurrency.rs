@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{bin, free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
 use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
 
 const HOSTS: usize = 3;
@@ -91,18 +91,7 @@ fn two_hundred_enrollments_32_at_once_while_agents_heartbeat_and_deployments_run
     for i in 1..=HOSTS {
         let name = format!("app-{i}");
         let port = free_port();
-        let sys = Systemctl::new()?;
-        let version = sys.units_dir().join("VERSION");
-        std::fs::write(&version, "1.0\n")?;
-        sys.add_unit(
-            "app",
-            &format!(
-                "{} --listen 127.0.0.1:{port} --version-file {}",
-                bin("vesemir-sample-app").display(),
-                version.display()
-            ),
-            None,
-        )?;
+        let sys = Systemctl::with_sample_app(port)?;
         let out = c.enroll(
             &name,
             &token,
