@@ -245,6 +245,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
                 .layer(middleware::from_fn_with_state(state.clone(), auth)),
         )
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(crate::metrics::track_api))
         .with_state(state)
 }
 
@@ -270,20 +271,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
     Ok("ready\n")
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let connected = state.fleet.connected_count();
-    let orchestrators = state.deployments.running_count();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        format!(
-            "# HELP vesemir_agents_connected Agents with a live QUIC connection.\n\
-             # TYPE vesemir_agents_connected gauge\n\
-             vesemir_agents_connected {connected}\n\
-             # HELP vesemir_deployments_running Deployments whose orchestrator runs in this controller.\n\
-             # TYPE vesemir_deployments_running gauge\n\
-             vesemir_deployments_running {orchestrators}\n"
-        ),
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snap = crate::metrics::snapshot(&state).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::global().render(&snap),
     )
+        .into_response())
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -72,8 +72,10 @@ pub async fn serve(
                 let resp = enroll(&store, &ca, cert_ttl, req).await;
                 if let EnrollResponse::Refused { reason } = &resp {
                     tracing::warn!(%remote, node = %node, %reason, "enrollment refused");
+                    crate::metrics::enrollment(crate::metrics::Enrollment::Refused);
                 } else {
                     tracing::info!(%remote, node = %node, "agent enrolled");
+                    crate::metrics::enrollment(crate::metrics::Enrollment::Enrolled);
                 }
                 write_frame(&mut tls, &resp)
                     .await
@@ -83,6 +85,9 @@ pub async fn serve(
                     .map_err(|e| e.to_string())
             })
             .await;
+            if !matches!(result, Ok(Ok(()))) {
+                crate::metrics::enrollment(crate::metrics::Enrollment::Failed)
+            }
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::info!(%remote, error = %e, "enrollment connection failed"),

@@ -211,6 +211,7 @@ impl Fleet {
             live.last_heartbeat = Instant::now();
             live.last_heartbeat_ms = now_ms();
         }
+        crate::metrics::heartbeat();
         self.note_seen(session);
     }
 
@@ -410,6 +411,7 @@ impl Fleet {
             })?;
         send.finish().map_err(|e| conn_err(&e))?;
         Ok(JobStream {
+            _open: crate::metrics::job_stream_opened(),
             agent: name.to_string(),
             _send: send,
             recv,
@@ -419,6 +421,8 @@ impl Fleet {
 
 /// The agent's side of a running job: events as they come.
 pub struct JobStream {
+    // Counts the stream in `vesemir_job_streams_open` until it is dropped.
+    _open: crate::metrics::OpenJobStream,
     agent: String,
     // Kept so the stream is not reset while events are still coming.
     _send: quinn::SendStream,

@@ -11,6 +11,7 @@
 //! - [`api`] — the HTTP API.
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
+//! - [`metrics`] — the Prometheus registry behind `/metrics`.
 pub mod api;
 pub mod config;
 pub mod deploy;
@@ -18,6 +19,7 @@ pub mod enroll;
 pub mod events;
 pub mod fleet;
 pub mod inventory;
+pub mod metrics;
 pub mod pki;
 pub mod quic;
 pub mod server;

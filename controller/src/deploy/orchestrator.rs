@@ -38,6 +38,17 @@ enum HostEnd {
     Interrupted,
 }
 
+impl HostEnd {
+    /// The `result` label of `vesemir_host_runs_total`.
+    fn label(self) -> &'static str {
+        match self {
+            HostEnd::Succeeded => "succeeded",
+            HostEnd::Failed => "failed",
+            HostEnd::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// Runs (or resumes) deployment `id` to its end, or until shutdown.
 pub async fn run(d: Arc<Deployments>, id: String, wake: CancellationToken) {
     if let Err(e) = run_inner(&d, &id, wake).await {
@@ -63,6 +74,7 @@ async fn run_inner(
                     Some(&format!("stored request unreadable: {e}")),
                 )
                 .await?;
+            crate::metrics::deployment_finished(&d.store, id).await;
             return Ok(());
         }
     };
@@ -101,6 +113,7 @@ async fn drive(
                 )
                 .await;
                 d.store.finish_deployment(id, "failed", Some(&msg)).await?;
+                crate::metrics::deployment_finished(&d.store, id).await;
                 return Ok(());
             }
         };
@@ -135,6 +148,7 @@ async fn drive(
         )
         .await;
         for h in hosts.iter().filter(|h| h.status == "unreachable") {
+            crate::metrics::host_run("unreachable", None);
             log.push(
                 Some(&h.name),
                 "host_finished",
@@ -400,6 +414,7 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
     d.store
         .finish_deployment(id, status, error.as_deref())
         .await?;
+    crate::metrics::deployment_finished(&d.store, id).await;
     tracing::info!(deployment_id = %id, status, "deployment finished");
     Ok(())
 }
@@ -464,7 +479,10 @@ impl HostRun {
     async fn run(self) -> HostEnd {
         let span =
             tracing::info_span!("host", deployment_id = %self.ctx.id, host = %self.host.name);
-        tracing::Instrument::instrument(self.run_inner(), span).await
+        let since = self.host.started_at.unwrap_or_else(crate::store::now_ms);
+        let end = tracing::Instrument::instrument(self.run_inner(), span).await;
+        crate::metrics::host_run(end.label(), Some(since));
+        end
     }
 
     async fn run_inner(self) -> HostEnd {
@@ -772,6 +790,7 @@ impl HostRun {
                 ok,
                 detail: Some(detail.clone()),
             };
+            crate::metrics::haproxy_action(label, ok);
             if let Err(e) = c.d.store.insert_haproxy_action(&c.id, &row).await {
                 tracing::warn!(error = %e, "could not record HAProxy action");
             }

@@ -414,6 +414,10 @@ impl ChefClient {
             }
         })
         .await;
+        crate::metrics::chef_request(
+            (Instant::now() + self.timeout).saturating_duration_since(deadline),
+            &outcome,
+        );
         match outcome {
             Ok(r) => r,
             Err(_elapsed) => Err(ChefError::Timeout {

@@ -225,6 +225,7 @@ impl Store {
     /// Inserts a pending deployment, atomically enforcing idempotency and
     /// "one running deployment per application and environment".
     pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<Inserted, StoreError> {
+        let _t = crate::metrics::store_op("insert_deployment");
         if let Some(key) = d.idempotency_key {
             if let Some(existing) = self.deployment_by_idempotency_key(key).await? {
                 return Ok(Inserted::Existing(existing));
@@ -283,6 +284,7 @@ impl Store {
 
     /// One deployment.
     pub async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRow>, StoreError> {
+        let _t = crate::metrics::store_op("get_deployment");
         let row = sqlx::query(&self.sql(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?"
         )))
@@ -301,6 +303,7 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<DeploymentRow>, i64), StoreError> {
+        let _t = crate::metrics::store_op("list_deployments");
         // NULL-tolerant filters keep this one static statement.
         let filter = "(? IS NULL OR application = ?) AND (? IS NULL OR environment = ?) \
                       AND (? IS NULL OR status = ?)";
@@ -340,6 +343,7 @@ impl Store {
 
     /// Ids of deployments that were pending or running (to resume after a restart).
     pub async fn unfinished_deployments(&self) -> Result<Vec<String>, StoreError> {
+        let _t = crate::metrics::store_op("unfinished_deployments");
         let rows = sqlx::query(
             "SELECT id FROM deployments WHERE status IN ('pending', 'running') ORDER BY created_at",
         )
@@ -361,6 +365,7 @@ impl Store {
         haproxy_vms: &str,
         hosts: &[NewHost],
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("start_deployment");
         let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
             "UPDATE deployments SET status = 'running', started_at = ?, query = ?, haproxy_query = ?, \
@@ -404,6 +409,7 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("finish_deployment");
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
@@ -431,6 +437,7 @@ impl Store {
 
     /// Records a cancel request. False if the deployment is already finished.
     pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let _t = crate::metrics::store_op("request_cancel");
         let done = sqlx::query(&self.sql(
             "UPDATE deployments SET cancel_requested = 1 WHERE id = ? AND status IN ('pending', 'running')",
         ))
@@ -442,6 +449,7 @@ impl Store {
 
     /// The hosts of a deployment in rollout order.
     pub async fn deployment_hosts(&self, id: &str) -> Result<Vec<HostRow>, StoreError> {
+        let _t = crate::metrics::store_op("deployment_hosts");
         let rows = sqlx::query(&self.sql(&format!(
             "SELECT {HOST_COLUMNS} FROM deployment_hosts WHERE deployment_id = ? ORDER BY position"
         )))
@@ -453,6 +461,7 @@ impl Store {
 
     /// A host starts: running, with its job id, before anything is touched.
     pub async fn host_started(&self, id: &str, name: &str, job_id: &str) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("host_started");
         sqlx::query(&self.sql(
             "UPDATE deployment_hosts SET status = 'running', job_id = ?, started_at = COALESCE(started_at, ?) \
              WHERE deployment_id = ? AND name = ?",
@@ -474,6 +483,7 @@ impl Store {
         step: &str,
         rotation: &str,
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("host_step");
         sqlx::query(&self.sql(
             "UPDATE deployment_hosts SET step = ?, rotation = ? WHERE deployment_id = ? AND name = ?",
         ))
@@ -493,6 +503,7 @@ impl Store {
         name: &str,
         stats: [i64; 5],
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("host_stats");
         sqlx::query(&self.sql(
             "UPDATE deployment_hosts SET ok = ?, changed = ?, failed = ?, unreachable = ?, skipped = ? \
              WHERE deployment_id = ? AND name = ?",
@@ -518,6 +529,7 @@ impl Store {
         rotation: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("host_finished");
         sqlx::query(&self.sql(
             "UPDATE deployment_hosts SET status = ?, rotation = ?, error = ?, step = NULL, finished_at = ?, \
              unreachable = CASE WHEN ? = 'unreachable' THEN 1 ELSE unreachable END \
@@ -537,6 +549,7 @@ impl Store {
 
     /// Appends log rows in one transaction.
     pub async fn append_logs(&self, id: &str, rows: &[LogRow]) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("append_logs");
         if rows.is_empty() {
             return Ok(());
         }
@@ -566,6 +579,7 @@ impl Store {
         seq: i64,
         limit: i64,
     ) -> Result<Vec<LogRow>, StoreError> {
+        let _t = crate::metrics::store_op("logs_after");
         let rows = sqlx::query(&self.sql(
             "SELECT seq, ts, host, kind, data FROM deployment_logs WHERE deployment_id = ? AND seq > ? \
              ORDER BY seq LIMIT ?",
@@ -591,6 +605,7 @@ impl Store {
 
     /// The highest log seq of a deployment (0 if none).
     pub async fn max_log_seq(&self, id: &str) -> Result<i64, StoreError> {
+        let _t = crate::metrics::store_op("max_log_seq");
         let row =
             sqlx::query(&self.sql(
                 "SELECT COALESCE(MAX(seq), 0) AS n FROM deployment_logs WHERE deployment_id = ?",
@@ -607,6 +622,7 @@ impl Store {
         id: &str,
         a: &HaproxyActionRow,
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("insert_haproxy_action");
         sqlx::query(&self.sql(
             "INSERT INTO haproxy_actions (deployment_id, at, host, haproxy_vm, backend, server, action, ok, detail) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -627,6 +643,7 @@ impl Store {
 
     /// HAProxy actions of a deployment in order.
     pub async fn haproxy_actions(&self, id: &str) -> Result<Vec<HaproxyActionRow>, StoreError> {
+        let _t = crate::metrics::store_op("haproxy_actions");
         let rows = sqlx::query(&self.sql(
             "SELECT at, host, haproxy_vm, backend, server, action, ok, detail FROM haproxy_actions \
              WHERE deployment_id = ? ORDER BY at",
@@ -658,6 +675,7 @@ impl Store {
         environment: &str,
         limit: i64,
     ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let _t = crate::metrics::store_op("succeeded_deployments");
         let rows = sqlx::query(&self.sql(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE application = ? AND environment = ? \
              AND status = 'succeeded' ORDER BY finished_at DESC LIMIT ?"

@@ -22,13 +22,22 @@ static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sql
 pub enum StoreError {
     /// The database refused or failed.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] sqlx::Error),
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL names a backend this build does not support yet.
     #[error("unsupported database URL {0}: use sqlite://PATH")]
     Unsupported(String),
+}
+
+// By hand rather than `#[from]`: every database error that `?` turns into a
+// StoreError is counted in `vesemir_store_errors_total` on the way.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::metrics::store_error(&e);
+        StoreError::Db(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +148,7 @@ const AGENT_COLUMNS: &str = "name, cert_serial, cert_fingerprint, cert_not_after
 impl Store {
     /// Connects and runs migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let _t = crate::metrics::store_op("connect");
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = if url.starts_with("sqlite:") {
@@ -215,6 +225,7 @@ impl Store {
     /// so every one starts here; single statements outside a transaction
     /// take the lock when they start and wait under `busy_timeout` already.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let _t = crate::metrics::store_op("write_tx");
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
@@ -223,6 +234,7 @@ impl Store {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("ping");
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -236,6 +248,7 @@ impl Store {
         token_hash: &str,
         role: &str,
     ) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("insert_api_token");
         sqlx::query(&self.sql(
             "INSERT INTO api_tokens (id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
         ))
@@ -254,6 +267,7 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
+        let _t = crate::metrics::store_op("find_api_token");
         let row = sqlx::query(&self.sql("SELECT name, role FROM api_tokens WHERE token_hash = ?"))
             .bind(token_hash)
             .fetch_optional(&self.pool)
@@ -274,6 +288,7 @@ impl Store {
         uses: i64,
         created_by: &str,
     ) -> Result<String, StoreError> {
+        let _t = crate::metrics::store_op("insert_enrollment_token");
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(&self.sql(
             "INSERT INTO enrollment_tokens (id, token_hash, expires_at, uses_left, created_by, created_at) \
@@ -295,6 +310,7 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let _t = crate::metrics::store_op("consume_enrollment_token");
         let now = now_ms();
         let done = sqlx::query(&self.sql(
             "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
@@ -328,6 +344,7 @@ impl Store {
 
     /// Gives a use back (the enrollment failed after the token was taken).
     pub async fn refund_enrollment_token(&self, token_hash: &str) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("refund_enrollment_token");
         sqlx::query(
             &self
                 .sql("UPDATE enrollment_tokens SET uses_left = uses_left + 1 WHERE token_hash = ?"),
@@ -353,6 +370,7 @@ impl Store {
         not_after_ms: i64,
         enrollment: bool,
     ) -> Result<bool, StoreError> {
+        let _t = crate::metrics::store_op("record_certificate");
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let recorded = if enrollment {
@@ -411,6 +429,7 @@ impl Store {
     /// Removes a revoked agent so its name can be enrolled again (a rebuilt
     /// VM). Its certificates stay revoked.
     pub async fn forget_agent(&self, name: &str) -> Result<Forget, StoreError> {
+        let _t = crate::metrics::store_op("forget_agent");
         let done =
             sqlx::query(&self.sql("DELETE FROM agents WHERE name = ? AND revoked_at IS NOT NULL"))
                 .bind(name)
@@ -427,6 +446,7 @@ impl Store {
 
     /// All agents, by name.
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let _t = crate::metrics::store_op("list_agents");
         let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"))
             .fetch_all(&self.pool)
             .await?;
@@ -435,6 +455,7 @@ impl Store {
 
     /// One agent.
     pub async fn get_agent(&self, name: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let _t = crate::metrics::store_op("get_agent");
         let row = sqlx::query(&self.sql(&format!(
             "SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?"
         )))
@@ -447,6 +468,7 @@ impl Store {
     /// Revokes an agent and every certificate ever issued to it. Returns the
     /// revoked serials, or None if there is no such agent.
     pub async fn revoke_agent(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let _t = crate::metrics::store_op("revoke_agent");
         let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             &self.sql("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"),
@@ -482,6 +504,7 @@ impl Store {
 
     /// Serials of all revoked certificates that have not expired yet.
     pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        let _t = crate::metrics::store_op("revoked_serials");
         let rows = sqlx::query(
             &self.sql("SELECT serial FROM certificates WHERE revoked = 1 AND not_after > ?"),
         )
@@ -496,6 +519,7 @@ impl Store {
 
     /// Writes a batch of last-seen updates in one transaction.
     pub async fn flush_last_seen(&self, batch: &[LastSeen]) -> Result<(), StoreError> {
+        let _t = crate::metrics::store_op("flush_last_seen");
         if batch.is_empty() {
             return Ok(());
         }
