@@ -149,8 +149,9 @@ impl Enrollment {
 const DEPLOYMENT_STATUSES: [&str; 5] = ["succeeded", "failed", "aborted", "cancelled", "other"];
 /// How a host run can end.
 const HOST_RESULTS: [&str; 4] = ["succeeded", "failed", "unreachable", "interrupted"];
-/// HAProxy actions the orchestrator performs (weight steps grouped as `weight`).
-const HAPROXY_ACTIONS: [&str; 5] = ["drain", "maint", "ready", "weight", "other"];
+/// HAProxy actions the orchestrator performs (`ready at 10%` counts as
+/// `ready`, every `weight N%` step as `weight`).
+const HAPROXY_ACTIONS: [&str; 6] = ["drain", "maint", "wait_drained", "ready", "weight", "other"];
 /// Why a Chef request failed.
 const CHEF_ERRORS: [&str; 5] = ["timeout", "unreachable", "status", "auth", "other"];
 /// Why a store call failed.
@@ -174,7 +175,7 @@ pub struct Metrics {
     host_runs: [Counter; 4],
     host_run_duration: [Histogram; 4],
     /// `[action][ok, failed]`.
-    haproxy_actions: [[Counter; 2]; 5],
+    haproxy_actions: [[Counter; 2]; 6],
     chef_duration: Histogram,
     chef_errors: [Counter; 5],
     store_duration: Mutex<BTreeMap<&'static str, Histogram>>,
@@ -268,6 +269,8 @@ impl Metrics {
     pub fn haproxy_action(&self, action: &str, ok: bool) {
         let action = if action.starts_with("weight") {
             "weight"
+        } else if action.starts_with("ready") {
+            "ready"
         } else {
             action
         };
@@ -764,6 +767,7 @@ mod tests {
         m.deployment_finished("succeeded", Duration::from_secs(3));
         m.deployment_finished("something-new", Duration::from_secs(3));
         m.haproxy_action("weight 50%", true);
+        m.haproxy_action("ready at 10%", true);
         m.haproxy_action("drain", false);
         m.haproxy_action("$(rm -rf)", true);
         let t = m.render(&Snapshot::default());
@@ -771,6 +775,7 @@ mod tests {
             "vesemir_deployments_total{status=\"succeeded\"} 1",
             "vesemir_deployments_total{status=\"other\"} 1",
             "vesemir_haproxy_actions_total{action=\"weight\",result=\"ok\"} 1",
+            "vesemir_haproxy_actions_total{action=\"ready\",result=\"ok\"} 1",
             "vesemir_haproxy_actions_total{action=\"drain\",result=\"failed\"} 1",
             "vesemir_haproxy_actions_total{action=\"other\",result=\"ok\"} 1",
         ] {
