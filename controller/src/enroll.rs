@@ -6,7 +6,9 @@ use crate::pki::{valid_node_name, Ca};
 use crate::quic::{certs_from_pem, key_from_pem, EndpointError, ServerTls};
 use crate::store::Store;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -14,10 +16,145 @@ use vesemir_protocol::enroll::{EnrollRequest, EnrollResponse};
 use vesemir_protocol::PROTOCOL_VERSION;
 use vesemir_wire::{read_frame, write_frame};
 
-/// How long one enrollment exchange may take.
+/// Deadline for the TLS handshake and the request frame together. A
+/// legitimate agent sends both in milliseconds; a silent or trickling peer
+/// holds its slot this long at most (it was 15 s, and 64 slots: 500 silent
+/// connections starved enrollment for 20 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline for the whole exchange, signing and store writes included.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Enrollments handled at once; more wait for the TCP accept.
-const MAX_CONCURRENT: usize = 64;
+/// Limits on connections that have not finished their exchange yet.
+const LIMITS: Limits = Limits {
+    total: 2048,
+    per_source: 8,
+};
+/// Requests signed at once (CPU and store work). Waiting for one of these
+/// never holds up the accept loop: only peers that already sent a complete
+/// request wait here.
+const MAX_SIGNING: usize = 32;
+
+/// Where a connection comes from, for the per-source limit: an IPv4
+/// address, or the /64 of an IPv6 one (one host usually owns a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The source of a peer address.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let s = v6.segments();
+                    Source(IpAddr::V6(Ipv6Addr::new(
+                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                    )))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(a) => write!(f, "{a}/64"),
+        }
+    }
+}
+
+/// Caps on unfinished enrollment connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From everyone together (bounds memory and file descriptors).
+    pub total: usize,
+    /// From one [`Source`], so one noisy host can't take every slot.
+    pub per_source: usize,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot is taken.
+    Full,
+    /// This source has `per_source` connections open; `first` is true for
+    /// the first refusal since it last had none (log once, not per packet).
+    PerSource {
+        /// Whether to log it.
+        first: bool,
+    },
+}
+
+/// Admission of enrollment connections: pure bookkeeping, no IO, so the
+/// accept loop decides at once and never waits for a slow peer.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    total: usize,
+    /// Open connections per source, and whether it was refused since.
+    per_source: HashMap<Source, (usize, bool)>,
+}
+
+impl Admission {
+    /// Empty bookkeeping with these limits.
+    pub fn new(limits: Limits) -> Admission {
+        Admission {
+            limits,
+            total: 0,
+            per_source: HashMap::new(),
+        }
+    }
+
+    /// Takes a slot for a connection from `source`, or says why not.
+    pub fn admit(&mut self, source: Source) -> Result<(), Refusal> {
+        if self.total >= self.limits.total {
+            return Err(Refusal::Full);
+        }
+        let entry = self.per_source.entry(source).or_insert((0, false));
+        if entry.0 >= self.limits.per_source {
+            let first = !entry.1;
+            entry.1 = true;
+            return Err(Refusal::PerSource { first });
+        }
+        entry.0 += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// Gives back the slot of a connection from `source`.
+    pub fn release(&mut self, source: Source) {
+        if let Some(entry) = self.per_source.get_mut(&source) {
+            entry.0 = entry.0.saturating_sub(1);
+            self.total = self.total.saturating_sub(1);
+            if entry.0 == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// Connections holding a slot.
+    pub fn in_flight(&self) -> usize {
+        self.total
+    }
+}
+
+/// A slot held by one connection task; dropping it gives the slot back,
+/// whichever way the task ends.
+struct Slot {
+    admission: Arc<Mutex<Admission>>,
+    source: Source,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission
+            .lock()
+            .expect("admission lock")
+            .release(self.source);
+    }
+}
 
 /// Hash under which a secret token is stored.
 pub fn token_hash(token: &str) -> String {
@@ -37,7 +174,9 @@ pub fn acceptor(tls: &ServerTls) -> Result<tokio_rustls::TlsAcceptor, EndpointEr
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Serves enrollments until the listener task is dropped.
+/// Serves enrollments until the listener task is dropped. The loop only
+/// accepts and admits: every handshake runs in its own task under
+/// [`HANDSHAKE_TIMEOUT`], so no peer, however slow, delays the next accept.
 pub async fn serve(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -45,29 +184,65 @@ pub async fn serve(
     ca: Arc<Ca>,
     cert_ttl: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let admission = Arc::new(Mutex::new(Admission::new(LIMITS)));
+    let signing = Arc::new(Semaphore::new(MAX_SIGNING));
     loop {
-        let permit = match permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
         let (tcp, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin.
                 tracing::warn!(error = %e, "enrollment accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (acceptor, store, ca) = (acceptor.clone(), store.clone(), ca.clone());
+        let source = Source::of(remote.ip());
+        let admitted = admission.lock().expect("admission lock").admit(source);
+        match admitted {
+            Ok(()) => {}
+            Err(Refusal::Full) => {
+                tracing::debug!(%remote, "enrollment refused: every slot is taken");
+                drop(tcp);
+                continue;
+            }
+            Err(Refusal::PerSource { first }) => {
+                if first {
+                    tracing::warn!(
+                        %source,
+                        limit = LIMITS.per_source,
+                        "too many unfinished enrollment connections from one source; closing the extra ones"
+                    );
+                }
+                drop(tcp);
+                continue;
+            }
+        }
+        let slot = Slot {
+            admission: admission.clone(),
+            source,
+        };
+        let (acceptor, store, ca, signing) =
+            (acceptor.clone(), store.clone(), ca.clone(), signing.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let result = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-                let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-                let req: EnrollRequest = read_frame(&mut tls)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("connection closed before the request")?;
+                let (mut tls, req) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+                    let req: EnrollRequest = read_frame(&mut tls)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("connection closed before the request")?;
+                    Ok::<_, String>((tls, req))
+                })
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no complete request within {}s; closed",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    )
+                })??;
+                let _signing = signing.acquire().await.map_err(|e| e.to_string())?;
                 let node = req.node.clone();
                 let resp = enroll(&store, &ca, cert_ttl, req).await;
                 if let EnrollResponse::Refused { reason } = &resp {
@@ -174,5 +349,72 @@ async fn enroll(store: &Store, ca: &Ca, cert_ttl: Duration, req: EnrollRequest) 
         cert_pem: issued.cert_pem,
         ca_pem: ca.cert_pem.clone(),
         not_after_unix: issued.not_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(s: &str) -> Source {
+        Source::of(s.parse().unwrap())
+    }
+
+    #[test]
+    fn per_source_limit_refuses_the_extra_ones_and_logs_once() {
+        let mut a = Admission::new(Limits {
+            total: 10,
+            per_source: 2,
+        });
+        assert_eq!(a.admit(src("10.0.0.1")), Ok(()));
+        assert_eq!(a.admit(src("10.0.0.1")), Ok(()));
+        assert_eq!(
+            a.admit(src("10.0.0.1")),
+            Err(Refusal::PerSource { first: true })
+        );
+        assert_eq!(
+            a.admit(src("10.0.0.1")),
+            Err(Refusal::PerSource { first: false })
+        );
+        // Another source is not affected.
+        assert_eq!(a.admit(src("10.0.0.2")), Ok(()));
+        a.release(src("10.0.0.1"));
+        assert_eq!(a.admit(src("10.0.0.1")), Ok(()));
+        a.release(src("10.0.0.1"));
+        a.release(src("10.0.0.1"));
+        a.release(src("10.0.0.2"));
+        assert_eq!(a.in_flight(), 0);
+        // Back to none: a new burst is logged again.
+        a.admit(src("10.0.0.1")).unwrap();
+        a.admit(src("10.0.0.1")).unwrap();
+        assert_eq!(
+            a.admit(src("10.0.0.1")),
+            Err(Refusal::PerSource { first: true })
+        );
+    }
+
+    #[test]
+    fn total_limit_bounds_everyone_together() {
+        let mut a = Admission::new(Limits {
+            total: 3,
+            per_source: 2,
+        });
+        for s in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            a.admit(src(s)).unwrap();
+        }
+        assert_eq!(a.admit(src("10.0.0.4")), Err(Refusal::Full));
+        a.release(src("10.0.0.2"));
+        assert_eq!(a.admit(src("10.0.0.4")), Ok(()));
+        // Releasing a source that holds nothing changes nothing.
+        a.release(src("192.0.2.1"));
+        assert_eq!(a.in_flight(), 3);
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64_and_mapped_v4_is_v4() {
+        assert_eq!(src("2001:db8:1:2::1"), src("2001:db8:1:2:ffff::9"));
+        assert_ne!(src("2001:db8:1:2::1"), src("2001:db8:1:3::1"));
+        assert_eq!(src("::ffff:10.0.0.1"), src("10.0.0.1"));
+        assert_eq!(src("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }
 }
