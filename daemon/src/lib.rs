@@ -7,6 +7,10 @@
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
+mod log_default;
+pub mod notify;
+pub use log_default::LogEnv;
+
 /// Exit status for bad usage or configuration.
 pub const EX_USAGE: u8 = 64;
 
