@@ -87,13 +87,30 @@ impl Deployments {
         fleet: Arc<Fleet>,
         inventory: Option<Arc<InventorySource>>,
     ) -> Arc<Deployments> {
+        Deployments::with_playbooks(store, fleet, inventory, &[])
+    }
+
+    /// A new service whose requests may also name `extra` playbooks
+    /// (config `extra_playbooks`).
+    pub fn with_playbooks(
+        store: Store,
+        fleet: Arc<Fleet>,
+        inventory: Option<Arc<InventorySource>>,
+        extra: &[String],
+    ) -> Arc<Deployments> {
+        let mut playbooks = default_playbooks();
+        for p in extra {
+            if !playbooks.contains(p) {
+                playbooks.push(p.clone());
+            }
+        }
         Arc::new(Deployments {
             store,
             fleet,
             inventory,
             running: Mutex::new(HashMap::new()),
             log_version: tokio::sync::watch::channel(0).0,
-            playbooks: default_playbooks(),
+            playbooks,
             agent_wait: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
         })
