@@ -85,9 +85,14 @@ pub struct Api {
 impl Api {
     /// A client for `c`.
     pub fn of(c: &Controller) -> Api {
+        Api::of_url(&c.url, &c.token)
+    }
+
+    /// A client for the controller at `url`.
+    pub fn of_url(url: &str, token: &str) -> Api {
         Api {
-            url: c.url.clone(),
-            token: c.token.clone(),
+            url: url.to_string(),
+            token: token.to_string(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

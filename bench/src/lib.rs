@@ -8,3 +8,5 @@
 //! command that writes `bench/RESULTS.md`.
 pub mod harness;
 pub mod sim;
+pub mod figures;
+pub mod report;

@@ -1,5 +1,8 @@
 //! vesemir benchmarks.
 //!
+//! `run`: every figure of `bench/RESULTS.md` (see `bench/README.md`);
+//! `bench/run` is the documented way to call it.
+//!
 //! `chef-resolve`: start a real goiardi (authentication on), create N nodes
 //! through the controller's signed Chef client, then time resolving a
 //! selector that matches all of them (and one that matches half), as the
@@ -13,8 +16,8 @@ use vesemir_controller::inventory::chef::node_document;
 use vesemir_controller::inventory::{ChefInventory, Selector};
 use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
 
-const USAGE: &str =
-    "usage: vesemir-bench chef-resolve [--nodes N (10000)] [--parallel P (32)] [--runs R (5)]";
+const USAGE: &str = "usage: vesemir-bench chef-resolve [--nodes N (10000)] [--parallel P (32)] [--runs R (5)]
+       vesemir-bench run [--quick] [--runs R (5)] [--only GROUP] [--fresh] [--out FILE (bench/RESULTS.md)]";
 
 /// `--name value` pairs after the subcommand (no parser crate: keeps the
 /// lock file untouched and the bench small).
@@ -50,6 +53,7 @@ async fn main() -> Result<()> {
             )
             .await
         }
+        Some("run") => run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(64);
@@ -140,5 +144,85 @@ async fn chef_resolve(nodes: usize, parallel: usize, runs: usize) -> Result<()> 
     report.insert("nodes".into(), json!(nodes));
     report.insert("create_ms".into(), json!(took.as_millis()));
     println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
+
+/// `run`: the groups (all, or `--only`), skipping those already measured
+/// in this mode unless `--fresh`, then the report.
+async fn run(args: &[String]) -> Result<()> {
+    use vesemir_bench::figures::{result_path, run_group, Plan, GROUPS};
+    let mut quick = false;
+    let mut fresh = false;
+    let mut only: Option<String> = None;
+    let mut out = vesemir_bench::harness::bench_dir().join("RESULTS.md");
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--quick" => quick = true,
+            "--fresh" => fresh = true,
+            "--runs" => i += 1,
+            "--only" => {
+                i += 1;
+                only = args.get(i).cloned();
+                ensure!(
+                    only.as_deref().is_some_and(|g| GROUPS.contains(&g)),
+                    "--only takes one of: {}",
+                    GROUPS.join(", ")
+                );
+            }
+            "--out" => {
+                i += 1;
+                out = args
+                    .get(i)
+                    .map(Into::into)
+                    .ok_or_else(|| anyhow::anyhow!("--out needs a file\n{USAGE}"))?;
+            }
+            other => anyhow::bail!("unknown flag {other}\n{USAGE}"),
+        }
+        i += 1;
+    }
+    let plan = if quick {
+        Plan::quick()
+    } else {
+        Plan::full(flag(args, "--runs", 5)?.max(1))
+    };
+    let target = vesemir_tests::fleet::repo().join("target").join("bench");
+    let machine_path = target.join(plan.mode).join("machine.json");
+    std::fs::create_dir_all(machine_path.parent().expect("dir"))?;
+    if only.is_none() || !machine_path.exists() {
+        std::fs::write(
+            &machine_path,
+            serde_json::to_string_pretty(&vesemir_bench::report::machine())?,
+        )?;
+    }
+    let groups: Vec<&str> = match &only {
+        Some(g) => vec![g.as_str()],
+        None => GROUPS.to_vec(),
+    };
+    let mut failed = Vec::new();
+    for g in groups {
+        let path = result_path(&target, &plan, g);
+        if path.exists() && !fresh && only.is_none() {
+            println!("== {g}: measured already ({}); --fresh to redo", path.display());
+            continue;
+        }
+        println!("== {g} (load {})", vesemir_bench::figures::load_average());
+        let t = Instant::now();
+        match run_group(g, &plan, &target).await {
+            Ok(v) => println!("== {g} done in {:.0?}: {v}", t.elapsed()),
+            Err(e) => {
+                println!("== {g} FAILED after {:.0?}: {e:#}", t.elapsed());
+                failed.push(g);
+            }
+        }
+    }
+    let machine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&machine_path)?)?;
+    let command = if quick { "bench/run --quick" } else { "bench/run" };
+    std::fs::write(
+        &out,
+        vesemir_bench::report::render(&target, &plan, &machine, command),
+    )?;
+    println!("wrote {}", out.display());
+    ensure!(failed.is_empty(), "groups failed: {}", failed.join(", "));
     Ok(())
 }
