@@ -143,7 +143,7 @@ pub fn start_haproxy(servers: &[String]) -> Result<Lb> {
     let dir = tempfile::Builder::new().prefix("vesemir-bench-lb-").tempdir()?;
     let socket = dir.path().join("haproxy.sock");
     let mut cfg = format!(
-        "global\n    stats socket {} mode 600 level admin\n    stats timeout 30s\n    maxconn 20000\n\
+        "global\n    stats socket {} mode 600 level admin\n    stats timeout 30s\n    maxconn 4000\n\
          defaults\n    mode http\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
          frontend fe\n    bind 127.0.0.1:{}\n    default_backend app\n\
          backend app\n    balance roundrobin\n",
