@@ -61,7 +61,11 @@ pub enum EnrollError {
 }
 
 /// Enrolls and writes the agent's files. Returns the path of agent.toml.
-pub async fn enroll(opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
+pub async fn enroll(mut opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
+    // The controller certifies one spelling per node (`WEB-1.` is `web-1`);
+    // the name in agent.toml must be the certified one.
+    opts.name = vesemir_protocol::enroll::canonical_node_name(&opts.name)
+        .map_err(|e| EnrollError::Usage(format!("--name: {e}")))?;
     let (host, port) = split_host_port(&opts.controller).ok_or_else(|| {
         EnrollError::Usage(format!(
             "--controller {:?} is not HOST:PORT",

@@ -374,6 +374,13 @@ async fn list_agents(
     ))
 }
 
+/// The canonical spelling of a node name in a path (`WEB-1.` is `web-1`), so
+/// every spelling finds the one node; a name that has none stays as given
+/// and is simply not found.
+fn agent_name(raw: String) -> String {
+    vesemir_protocol::enroll::canonical_node_name(&raw).unwrap_or(raw)
+}
+
 fn no_agent(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -386,6 +393,7 @@ async fn show_agent(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<crate::fleet::AgentView>, ApiError> {
+    let name = agent_name(name);
     let agent = state
         .store
         .get_agent(&name)
@@ -399,6 +407,7 @@ async fn forget_agent(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = agent_name(name);
     require_admin(&caller)?;
     match state.store.forget_agent(&name).await? {
         crate::store::Forget::Forgotten => {
@@ -421,6 +430,7 @@ async fn revoke_agent(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<crate::fleet::AgentView>, ApiError> {
+    let name = agent_name(name);
     require_admin(&caller)?;
     if !state.fleet.revoke(&name).await? {
         return Err(no_agent(&name));
@@ -506,6 +516,7 @@ async fn run_on_agent(
     Path(name): Path<String>,
     body: Result<Json<RunPlaybook>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let name = agent_name(name);
     require_admin(&caller)?;
     let Json(body) = body.map_err(json_rejection)?;
     if !valid_playbook_name(&body.playbook) {

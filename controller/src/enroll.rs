@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use vesemir_protocol::enroll::{EnrollRequest, EnrollResponse};
+use vesemir_protocol::enroll::{canonical_node_name, EnrollRequest, EnrollResponse};
 use vesemir_protocol::PROTOCOL_VERSION;
 use vesemir_wire::{read_frame, write_frame};
 
@@ -281,11 +281,18 @@ async fn enroll(store: &Store, ca: &Ca, cert_ttl: Duration, req: EnrollRequest) 
             req.protocol_version
         ));
     }
-    if !valid_node_name(&req.node) {
-        return refuse(format!(
-            "invalid node name {:?}: use letters, digits, '-', '_', '.', ':'",
-            req.node
-        ));
+    // One node, one spelling: `WEB-1` or `web-1.` must not enroll as a
+    // second node next to `web-1`. Agents canonicalize before they ask; a
+    // request that didn't is refused with the spelling to use.
+    match canonical_node_name(&req.node) {
+        Ok(c) if c == req.node && valid_node_name(&c) => {}
+        Ok(c) => {
+            return refuse(format!(
+                "node name {:?} is not canonical: node names are lower case without a trailing dot; enroll as {c:?}",
+                req.node
+            ))
+        }
+        Err(e) => return refuse(e.to_string()),
     }
     // A name already enrolled can't be taken over by whoever holds a token.
     match store.get_agent(&req.node).await {
