@@ -587,17 +587,28 @@ impl HostRun {
         let playbook = match tokio::time::timeout(limit, self.playbook(&job_id)).await {
             Ok(r) => r,
             Err(_) => {
+                // An agent that is gone or silent at the deadline did not
+                // fail the playbook: the network (or the VM) failed it.
+                let silent = !agent_answering(&c.d, self.name());
                 self.cancel_job(&job_id).await;
-                Err(PlaybookEnd::Failed(format!(
-                    "the playbook did not finish within job_timeout_seconds ({}s); it was cancelled",
-                    limit.as_secs()
-                )))
+                let limit = limit.as_secs();
+                Err(if silent {
+                    PlaybookEnd::Unreachable(format!(
+                        "agent {} stopped answering and the playbook did not finish within job_timeout_seconds ({limit}s); the agent's journal keeps its outcome",
+                        self.name()
+                    ))
+                } else {
+                    PlaybookEnd::Failed(format!(
+                        "the playbook did not finish within job_timeout_seconds ({limit}s); it was cancelled"
+                    ))
+                })
             }
         };
         let outcome = match playbook {
             Ok(o) => o,
             Err(PlaybookEnd::Shutdown) => return Ok(HostEnd::Interrupted),
             Err(PlaybookEnd::Failed(e)) => return self.fail(&e).await,
+            Err(PlaybookEnd::Unreachable(e)) => return self.fail_as("unreachable", &e).await,
         };
         let s = outcome.stats;
         store
@@ -701,6 +712,13 @@ impl HostRun {
     /// During a controller shutdown nothing is written: what looks like a
     /// failure is the shutdown itself, and the host resumes on restart.
     async fn fail(&self, why: &str) -> Result<HostEnd, StoreError> {
+        self.fail_as("failed", why).await
+    }
+
+    /// Like [`HostRun::fail`] with the status to record: `failed`, or
+    /// `unreachable` when the agent went away mid-job (both count against
+    /// `max_fail_percentage`; the job's real outcome stays in its journal).
+    async fn fail_as(&self, status: &str, why: &str) -> Result<HostEnd, StoreError> {
         let c = &self.ctx;
         if c.d.shutdown.is_cancelled() {
             return Ok(HostEnd::Interrupted);
@@ -723,16 +741,16 @@ impl HostRun {
             }
         }
         c.d.store
-            .host_finished(&c.id, self.name(), "failed", rotation, Some(why))
+            .host_finished(&c.id, self.name(), status, rotation, Some(why))
             .await?;
         c.log
             .push(
                 Some(self.name()),
                 "host_finished",
-                json!({"status": "failed", "error": why}),
+                json!({"status": status, "error": why}),
             )
             .await;
-        tracing::warn!(error = why, "host failed");
+        tracing::warn!(error = why, status, "host failed");
         Ok(HostEnd::Failed)
     }
 
@@ -815,7 +833,7 @@ impl HostRun {
         let c = &self.ctx;
         let name = self.name();
         if !wait_for_agent(&c.d, name).await {
-            return Err(PlaybookEnd::Failed(format!(
+            return Err(PlaybookEnd::Unreachable(format!(
                 "agent {name} is not connected"
             )));
         }
@@ -853,7 +871,7 @@ impl HostRun {
                         )
                         .await;
                     if attempts >= 3 || !wait_for_agent(&c.d, name).await {
-                        return Err(PlaybookEnd::Failed(format!(
+                        return Err(PlaybookEnd::Unreachable(format!(
                             "lost the agent during the playbook: {e}"
                         )));
                     }
@@ -913,7 +931,7 @@ impl HostRun {
                 Err(StreamEnd::Shutdown) => return Err(PlaybookEnd::Shutdown),
                 Err(StreamEnd::Lost(_)) => {
                     if !wait_for_agent(&c.d, name).await {
-                        return Err(PlaybookEnd::Failed(format!(
+                        return Err(PlaybookEnd::Unreachable(format!(
                             "agent {name} went away while its job ran"
                         )));
                     }
@@ -930,11 +948,22 @@ impl HostRun {
 enum PlaybookEnd {
     Shutdown,
     Failed(String),
+    /// The agent disconnected or went silent mid-job: the host is
+    /// `unreachable`, not `failed` (the playbook may well have succeeded).
+    Unreachable(String),
 }
 
 enum StreamEnd {
     Shutdown,
     Lost(String),
+}
+
+/// Whether the agent has a session with a heartbeat in the last three
+/// intervals (what `agents list` calls connected rather than stale).
+fn agent_answering(d: &Deployments, name: &str) -> bool {
+    d.fleet.session(name).is_some_and(|s| {
+        s.live.lock().expect("live lock").last_heartbeat.elapsed() <= d.fleet.heartbeat * 3
+    })
 }
 
 /// Waits (bounded) for an agent to have a live session.
