@@ -75,9 +75,10 @@ impl Jobs {
                     return;
                 }
             };
-        let span = tracing::info_span!("job", job_id = %req.job_id, deployment_id = req.deployment_id.as_deref().unwrap_or(""));
-        let _g = span.enter();
-        drop(_g);
+        // Every line about this job, from the stream and from the runner,
+        // carries its ids (the span was entered and dropped before, so the
+        // job's own lines had none).
+        let span = tracing::info_span!("job", job_id = %req.job_id, deployment_id = req.deployment_id.as_deref().unwrap_or(""), host = %self.cfg.name);
         let (tx, mut rx) = mpsc::channel::<JobEvent>(EVENT_BUFFER);
         let forward = async {
             // Keep draining after the stream breaks so the job never blocks
@@ -96,7 +97,7 @@ impl Jobs {
             }
         };
         let work = self.run(req, tx);
-        tokio::join!(forward, work);
+        tracing::Instrument::instrument(async { tokio::join!(forward, work) }, span).await;
     }
 
     async fn run(&self, req: JobRequest, tx: mpsc::Sender<JobEvent>) {

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_agent::config::AgentConfig;
 use vesemir_agent::enroll::{enroll, EnrollError, EnrollOptions};
-use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogFormat, EX_USAGE};
+use vesemir_daemon::notify::Notifier;
+use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogEnv, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-agent", version, about = "vesemir agent")]
 struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format [default: json when systemd runs us (JOURNAL_STREAM or INVOCATION_ID), else text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,8 +68,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: this reads and removes NOTIFY_SOCKET & co,
+    // so playbooks and the systemctl they run never see them.
+    let notify = Notifier::take_from_env();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(LogFormat::choose(cli.log_format, &LogEnv::detect()));
+    let notify = notify.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "not reporting readiness to systemd");
+        Notifier::disabled()
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,7 +141,7 @@ fn main() -> ExitCode {
                 Err(e) => return exit_error(EX_USAGE, &e),
             };
             tracing::info!(agent = %cfg.name, controller = %cfg.controller, "agent starting");
-            match rt.block_on(vesemir_agent::session::run(cfg, shutdown_signal())) {
+            match rt.block_on(vesemir_agent::session::run(cfg, shutdown_signal(), notify)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => exit_error(1, &e),
             }

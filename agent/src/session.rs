@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use vesemir_daemon::notify::Notifier;
 use vesemir_protocol::control::{AgentMessage, CloseReason, ControllerMessage};
 use vesemir_protocol::handshake::{check_version, Hello, Welcome};
 use vesemir_protocol::PROTOCOL_VERSION;
@@ -42,9 +43,25 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     })
 }
 
-/// Runs the agent until `shutdown` resolves.
-pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+/// Runs the agent until `shutdown` resolves. `notify` tells systemd
+/// `READY=1` when the first session is connected or the first backoff
+/// starts (an agent waiting for its controller is running as intended;
+/// holding `systemctl start` until the controller is back would stall
+/// boot), keeps `STATUS=` saying which, and feeds the watchdog.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    notify: Notifier,
+) -> Result<(), String> {
     let jobs = Arc::new(Jobs::new(&cfg).map_err(|e| e.to_string())?);
+    let _watchdog = notify.watchdog_every().map(|every| {
+        // Aborted when `run` returns.
+        AbortOnDrop(tokio::spawn(feed_watchdog(
+            notify.clone(),
+            jobs.clone(),
+            every,
+        )))
+    });
     let (host, port) = cfg
         .controller_host_port()
         .ok_or_else(|| format!("controller {:?} is not HOST:PORT", cfg.controller))?;
@@ -53,7 +70,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut attempt: u32 = 0;
     loop {
         let end = tokio::select! {
-            end = session(&cfg, &host, port, &server_name, &jobs) => end,
+            end = session(&cfg, &host, port, &server_name, &jobs, &notify) => end,
             _ = &mut shutdown => SessionEnd::Shutdown,
         };
         let delay = match &end {
@@ -92,6 +109,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             }
         };
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        notify.ready(&format!(
+            "not connected to {}; retrying in {}s",
+            cfg.controller,
+            delay.as_secs()
+        ));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = &mut shutdown => return Ok(()),
@@ -144,6 +166,7 @@ async fn session(
     port: u16,
     server_name: &str,
     jobs: &Arc<Jobs>,
+    notify: &Notifier,
 ) -> SessionEnd {
     let ident: Identity = match identity::load(cfg) {
         Ok(i) => i,
@@ -189,7 +212,7 @@ async fn session(
         Ok(Err(e)) => return end_of(&e),
         Ok(Ok(c)) => c,
     };
-    let end = serve_connection(cfg, &conn, &ident, jobs).await;
+    let end = serve_connection(cfg, &conn, &ident, jobs, notify).await;
     if let SessionEnd::Shutdown = end {
         conn.close(CloseReason::Shutdown.code().into(), b"agent stopping");
     }
@@ -203,6 +226,7 @@ async fn serve_connection(
     conn: &quinn::Connection,
     ident: &Identity,
     jobs: &Arc<Jobs>,
+    notify: &Notifier,
 ) -> SessionEnd {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -246,6 +270,10 @@ async fn serve_connection(
         heartbeat_secs = welcome.heartbeat_secs,
         "connected"
     );
+    notify.ready(&format!(
+        "connected to {} (controller {})",
+        cfg.controller, welcome.controller_version
+    ));
 
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
     let mut tick = tokio::time::interval(interval);
@@ -305,6 +333,29 @@ async fn serve_connection(
                 Err(e) => return end_of(&e),
             },
         }
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every` from a task that takes the jobs lock
+/// (as every job start and heartbeat does): a starved runtime or a stuck
+/// lock stops the pings and systemd restarts the agent; the job journal
+/// reports what was cut short as interrupted.
+async fn feed_watchdog(notify: Notifier, jobs: Arc<Jobs>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = jobs.running();
+        notify.watchdog(None);
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vesemir_controller::config::ControllerConfig;
 use vesemir_controller::server::{self, InitOptions};
-use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogFormat, EX_USAGE};
+use vesemir_daemon::notify::Notifier;
+use vesemir_daemon::{exit_error, init_logging, shutdown_signal, LogEnv, LogFormat, EX_USAGE};
 
 #[derive(Parser)]
 #[command(name = "vesemir-controller", version, about = "vesemir controller")]
 struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format [default: json when systemd runs us (JOURNAL_STREAM or INVOCATION_ID), else text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,8 +67,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: this reads and removes NOTIFY_SOCKET & co.
+    let notify = Notifier::take_from_env();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(LogFormat::choose(cli.log_format, &LogEnv::detect()));
+    let notify = notify.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "not reporting readiness to systemd");
+        Notifier::disabled()
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -153,7 +160,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return exit_error(EX_USAGE, &e),
             };
-            match rt.block_on(server::serve(cfg, shutdown_signal())) {
+            match rt.block_on(server::serve(cfg, shutdown_signal(), notify)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "controller failed");

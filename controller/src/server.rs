@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use vesemir_daemon::notify::Notifier;
 
 /// Options of `vesemir-controller init`.
 #[derive(Debug, Clone)]
@@ -180,9 +181,13 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
 
 /// Runs the controller until `shutdown` resolves, then closes agent
 /// connections cleanly (they reconnect later) and flushes the store.
+/// `notify` tells systemd `READY=1` once every listener is bound and the
+/// database is migrated, then keeps its status and watchdog fed (see
+/// [`report_to_systemd`]).
 pub async fn serve(
     cfg: ControllerConfig,
     shutdown: impl Future<Output = ()>,
+    notify: Notifier,
 ) -> Result<(), ServerError> {
     let dd = DataDir {
         root: cfg.data_dir.clone(),
@@ -282,8 +287,27 @@ pub async fn serve(
     }
     tokio::spawn(deployments.clone().run_reconciler(Duration::from_secs(10)));
 
+    // Listening, migrated (Store::connect), resumed: ready.
+    notify.ready(&format!(
+        "serving: API {}, agents {}; {}",
+        cfg.api_listen,
+        cfg.quic_listen,
+        status_line(&fleet, &deployments)
+    ));
+    let reporter = notify.is_enabled().then(|| {
+        tokio::spawn(report_to_systemd(
+            notify.clone(),
+            fleet.clone(),
+            deployments.clone(),
+        ))
+    });
+
     shutdown.await;
     tracing::info!("shutting down: closing agent connections");
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    notify.stopping("stopping: draining deployments and agent connections");
     // Orchestrators stop where they are (their state is stored) before the
     // agent connections close, so no host is marked failed by the shutdown.
     deployments.stop_all();
@@ -306,6 +330,43 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `systemctl status vesemir-controller` shows.
+fn status_line(fleet: &Fleet, deployments: &crate::deploy::Deployments) -> String {
+    format!(
+        "{} agents connected, {} deployments running",
+        fleet.connected_count(),
+        deployments.running_count()
+    )
+}
+
+/// Keeps systemd's `STATUS=` current and, when `WatchdogSec=` is set,
+/// sends `WATCHDOG=1` every half period. The ping comes from a task on the
+/// same runtime as everything else and reads the fleet and deployment
+/// registries (the locks every heartbeat and orchestrator take): when the
+/// runtime is starved or those locks are stuck, this task is the first to
+/// stop, the pings stop, and systemd restarts the controller (deployments
+/// resume from the store). The database is deliberately not a condition:
+/// a restart does not bring back an unreachable PostgreSQL, `/readyz`
+/// reports that instead.
+async fn report_to_systemd(
+    notify: Notifier,
+    fleet: Arc<Fleet>,
+    deployments: Arc<crate::deploy::Deployments>,
+) {
+    let every = notify.watchdog_every().unwrap_or(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let status = status_line(&fleet, &deployments);
+        if notify.watchdog_every().is_some() {
+            notify.watchdog(Some(&status));
+        } else {
+            notify.status(&status);
+        }
+    }
 }
 
 /// The inventory the config names, if any.

@@ -131,6 +131,21 @@ impl Drop for Proc {
     }
 }
 
+/// A test runner started by systemd (a CI service) must not make the
+/// daemons it starts log JSON or talk to its notify socket: tests that want
+/// those set them explicitly.
+pub fn without_systemd_env(cmd: &mut Command) {
+    for v in [
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ] {
+        cmd.env_remove(v);
+    }
+}
+
 /// Options of a test controller.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -218,6 +233,7 @@ impl Controller {
         cmd.args(["serve", "--config"])
             .arg(self.data_dir.join("controller.toml"))
             .env("RUST_LOG", "info,vesemir_controller=debug");
+        without_systemd_env(&mut cmd);
         let log = self
             .root
             .path()
@@ -350,6 +366,7 @@ impl Agent {
         cmd.args(["run", "--config"])
             .arg(dir.join("agent.toml"))
             .env("RUST_LOG", "info");
+        without_systemd_env(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -762,7 +762,8 @@ impl HostRun {
         let mut set = JoinSet::new();
         for vm in c.haproxy_vms.clone() {
             let (d, id, actions) = (c.d.clone(), c.id.clone(), actions.clone());
-            set.spawn(async move {
+            // In the host's span, like the rest of its run.
+            set.spawn(tracing::Instrument::in_current_span(async move {
                 let agent_ok = wait_for_agent(&d, &vm).await;
                 let started = Instant::now();
                 let res = if agent_ok {
@@ -774,7 +775,7 @@ impl HostRun {
                     Err(format!("HAProxy VM {vm} has no connected agent"))
                 };
                 (vm, started.elapsed(), res)
-            });
+            }));
         }
         let mut errors = Vec::new();
         while let Some(j) = set.join_next().await {
@@ -829,6 +830,7 @@ impl HostRun {
     /// Runs the playbook job by its id. After a controller restart the same
     /// id is sent again: the agent's journal answers with the recorded
     /// outcome (or says it is still running) instead of running it twice.
+    #[tracing::instrument(name = "job", skip_all, fields(job_id = %job_id))]
     async fn playbook(&self, job_id: &str) -> Result<JobOutcome, PlaybookEnd> {
         let c = &self.ctx;
         let name = self.name();
