@@ -489,3 +489,304 @@ fn cookbook_ruby_files_parse() {
         );
     }
 }
+
+// ---- Debian packages (scripts/package) ----
+
+/// Runs a command, returning (success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `scripts/package --bin-dir` on the test build's binaries (CI packages
+/// the debug build: a release build of three binaries costs minutes on two
+/// cores; README documents `scripts/package` for the release packages).
+fn build_packages(out: &Path, only: Option<&str>) -> (PathBuf, PathBuf) {
+    let bin_dir = bin("vesemir-agent")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let (ok, stdout, stderr) = run(Command::new(repo().join("scripts/package"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(out)
+        .args(only.map(|p| ["--only", p]).into_iter().flatten()));
+    assert!(ok, "scripts/package failed:\n{stdout}{stderr}");
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = run(Command::new("dpkg").arg("--print-architecture"))
+        .1
+        .trim()
+        .to_string();
+    let deb = |p: &str| {
+        let f = out.join(format!("{p}_{version}_{arch}.deb"));
+        assert!(f.exists(), "{} not built; output:\n{stdout}", f.display());
+        f
+    };
+    let want = |p: &str| only.is_none_or(|o| o == p);
+    (
+        if want("controller") {
+            deb("vesemir-controller")
+        } else {
+            PathBuf::new()
+        },
+        if want("agent") {
+            deb("vesemir-agent")
+        } else {
+            PathBuf::new()
+        },
+    )
+}
+
+/// The regular files a package holds, as absolute paths.
+fn deb_files(deb: &Path) -> Vec<String> {
+    let (ok, listing, err) = run(Command::new("dpkg-deb").arg("-c").arg(deb));
+    assert!(ok, "dpkg-deb -c: {err}");
+    listing
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches('.').to_string())
+        .collect()
+}
+
+/// One installer at a time on this machine (several checkouts may run the
+/// suite at once): an exclusive lock, waited for with a deadline.
+struct MachineLock {
+    /// Holds the flock until dropped.
+    _file: std::fs::File,
+}
+
+impl MachineLock {
+    fn take() -> MachineLock {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/lock/vesemir-packaging-test.lock")
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(std::env::temp_dir().join("vesemir-packaging-test.lock"))
+            })
+            .expect("lock file");
+        vesemir_tests::fleet::wait_for(
+            "the machine-wide packaging lock",
+            std::time::Duration::from_secs(300),
+            || {
+                // SAFETY: flock on an fd we own; no memory involved.
+                let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                (r == 0).then_some(())
+            },
+        )
+        .expect("packaging lock");
+        MachineLock { _file: f }
+    }
+}
+
+/// `dpkg ARGS`, retried while apt or another dpkg holds dpkg's own lock.
+fn dpkg(args: &[&str]) -> (bool, String) {
+    let mut last = String::new();
+    let found =
+        vesemir_tests::fleet::wait_for("dpkg's lock", std::time::Duration::from_secs(120), || {
+            let (ok, out, err) = run(Command::new("dpkg").args(args));
+            last = format!("{out}{err}");
+            let locked = !ok && err.contains("lock");
+            (!locked).then_some(ok)
+        });
+    (found.unwrap_or(false), last)
+}
+
+#[test]
+fn debian_packages_hold_what_they_should() {
+    if !have("dpkg-deb") {
+        eprintln!("SKIPPED: dpkg-deb not installed (Debian package dpkg)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (controller, agent) = build_packages(&dir.path().join("out"), None);
+    let files = deb_files(&controller);
+    for want in [
+        "/usr/bin/vesemir-controller",
+        "/usr/bin/vesemir",
+        "/lib/systemd/system/vesemir-controller.service",
+        "/usr/lib/sysusers.d/vesemir.conf",
+        "/usr/lib/tmpfiles.d/vesemir.conf",
+    ] {
+        assert!(
+            files.iter().any(|f| f == want),
+            "controller .deb lacks {want}: {files:?}"
+        );
+    }
+    let files = deb_files(&agent);
+    for want in [
+        "/usr/bin/vesemir-agent",
+        "/lib/systemd/system/vesemir-agent.service",
+        "/usr/share/vesemir/playbooks/deploy.yml",
+        "/usr/share/vesemir/playbooks/rollback.yml",
+        "/usr/share/vesemir/playbooks/restart.yml",
+        "/usr/share/vesemir/playbooks/templates/app.env.j2",
+    ] {
+        assert!(
+            files.iter().any(|f| f == want),
+            "agent .deb lacks {want}: {files:?}"
+        );
+    }
+    // The files are the repository's, byte for byte, and the binaries run.
+    let x = dir.path().join("x");
+    for deb in [&controller, &agent] {
+        let (ok, _, err) = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&x));
+        assert!(ok, "dpkg-deb -x: {err}");
+    }
+    for (inside, ours) in [
+        (
+            "lib/systemd/system/vesemir-controller.service",
+            "systemd/vesemir-controller.service",
+        ),
+        (
+            "lib/systemd/system/vesemir-agent.service",
+            "systemd/vesemir-agent.service",
+        ),
+        (
+            "usr/lib/sysusers.d/vesemir.conf",
+            "systemd/vesemir.sysusers",
+        ),
+        (
+            "usr/share/vesemir/playbooks/deploy.yml",
+            "playbooks/deploy.yml",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(x.join(inside)).expect(inside),
+            read(ours),
+            "{inside} differs from {ours}"
+        );
+    }
+    let tmpfiles = std::fs::read_to_string(x.join("usr/lib/tmpfiles.d/vesemir.conf")).unwrap();
+    assert!(
+        tmpfiles.lines().any(|l| l.split_whitespace().eq([
+            "d",
+            "/var/lib/vesemir",
+            "0750",
+            "vesemir",
+            "vesemir",
+            "-"
+        ])),
+        "tmpfiles.d does not create the data dir for user vesemir:\n{tmpfiles}"
+    );
+    for b in ["vesemir-controller", "vesemir"] {
+        let (ok, out, err) = run(Command::new(x.join("usr/bin").join(b)).arg("--version"));
+        assert!(
+            ok && out.contains(env!("CARGO_PKG_VERSION")),
+            "{b} --version: {out}{err}"
+        );
+    }
+    let (_, info, _) = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&controller)
+        .args(["Package", "Version", "Depends"]));
+    assert!(
+        info.contains("Package: vesemir-controller")
+            && info.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+}
+
+/// CI's install check: the agent .deb installs with `dpkg -i`, its binary
+/// and installed playbooks work, its unit verifies at the installed path,
+/// and `dpkg --purge` leaves nothing behind. Installs on this machine, so
+/// it runs only as root with dpkg (CI); elsewhere it says it skipped.
+#[test]
+fn agent_deb_installs_runs_and_purges_cleanly() {
+    if !nix::unistd::Uid::effective().is_root() || !have("dpkg") {
+        eprintln!("SKIPPED: needs root and dpkg (CI runs it)");
+        return;
+    }
+    let enrolled = Path::new("/var/lib/vesemir-agent");
+    assert!(
+        !enrolled.exists(),
+        "{} exists: this machine has an enrolled agent, which purging the package would delete; \
+         run this test on a CI machine",
+        enrolled.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, agent) = build_packages(&dir.path().join("out"), Some("agent"));
+    let files = deb_files(&agent);
+    let _lock = MachineLock::take();
+
+    let (ok, out) = dpkg(&["-i", agent.to_str().expect("utf-8 path")]);
+    assert!(ok, "dpkg -i {}:\n{out}", agent.display());
+    let installed = || {
+        let (_, status, _) = run(Command::new("dpkg-query").args([
+            "-W",
+            "-f=${Status} ${Version}",
+            "vesemir-agent",
+        ]));
+        assert_eq!(
+            status,
+            format!("install ok installed {}", env!("CARGO_PKG_VERSION"))
+        );
+        let (ok, out, err) = run(Command::new("/usr/bin/vesemir-agent").arg("--version"));
+        assert!(
+            ok && out.contains(env!("CARGO_PKG_VERSION")),
+            "vesemir-agent --version: {out}{err}"
+        );
+        let playbooks: Vec<PathBuf> = std::fs::read_dir("/usr/share/vesemir/playbooks")
+            .expect("installed playbook dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+            .collect();
+        assert_eq!(playbooks.len(), 3, "{playbooks:?}");
+        for p in &playbooks {
+            let (ok, out, err) = run(Command::new("/usr/bin/vesemir-agent")
+                .args(["playbook", "check"])
+                .arg(p));
+            assert!(ok, "playbook check {}: {out}{err}", p.display());
+        }
+        if have("systemd-analyze") {
+            // The installed unit at its installed path, binary in /usr/bin.
+            let (ok, out, err) = run(Command::new("systemd-analyze")
+                .args(["verify", "/lib/systemd/system/vesemir-agent.service"]));
+            assert!(ok && err.trim().is_empty(), "installed unit: {out}{err}");
+        }
+    };
+    let result = std::panic::catch_unwind(installed);
+
+    // Whatever happened, remove it, then check nothing is left.
+    let (ok, out) = dpkg(&["--purge", "vesemir-agent"]);
+    assert!(ok, "dpkg --purge vesemir-agent:\n{out}");
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    let (_, status, _) =
+        run(Command::new("dpkg-query").args(["-W", "-f=${Status}", "vesemir-agent"]));
+    assert!(
+        status.is_empty() || status.contains("not-installed"),
+        "after purge dpkg still knows vesemir-agent: {status:?}"
+    );
+    let left: Vec<&String> = files.iter().filter(|f| Path::new(f).exists()).collect();
+    assert!(left.is_empty(), "left behind after purge: {left:?}");
+    for d in [
+        "/usr/share/vesemir/playbooks",
+        "/usr/share/doc/vesemir-agent",
+        "/var/lib/vesemir-agent",
+    ] {
+        assert!(!Path::new(d).exists(), "{d} left behind after purge");
+    }
+}
