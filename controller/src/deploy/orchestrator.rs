@@ -480,7 +480,15 @@ impl HostRun {
         let span =
             tracing::info_span!("host", deployment_id = %self.ctx.id, host = %self.host.name);
         let since = self.host.started_at.unwrap_or_else(crate::store::now_ms);
-        let end = tracing::Instrument::instrument(self.run_inner(), span).await;
+        let end = tracing::Instrument::instrument(
+            async move {
+                let end = self.run_inner().await;
+                tracing::info!(result = ?end, "host run ended");
+                end
+            },
+            span,
+        )
+        .await;
         crate::metrics::host_run(end.label(), Some(since));
         end
     }
@@ -839,6 +847,7 @@ impl HostRun {
                 "agent {name} is not connected"
             )));
         }
+        tracing::info!(playbook = %c.req.playbook, "playbook job sent");
         let req = JobRequest {
             job_id: job_id.to_string(),
             deployment_id: Some(c.id.clone()),
