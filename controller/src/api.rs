@@ -235,6 +235,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .merge(crate::ui::routes())
         .merge(v1)
         .merge(streams)
         // Unknown paths answer 404 only after authentication: without a

@@ -12,6 +12,7 @@
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
+//! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
 pub mod api;
 pub mod config;
 pub mod deploy;
@@ -24,3 +25,4 @@ pub mod pki;
 pub mod quic;
 pub mod server;
 pub mod store;
+pub mod ui;

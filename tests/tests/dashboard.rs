@@ -1,0 +1,226 @@
+//! The fleet dashboard (`/ui`, issue 12.4) in a real headless Chromium
+//! driven over WebDriver: a real controller, real agents over QUIC, a real
+//! HAProxy drained through `lb-1`'s agent and a finished rolling deployment
+//! (systemd is not PID 1 here: the agents restart the sample apps through
+//! the recording `systemctl` stand-in). One agent is frozen (SIGSTOP) so it
+//! goes stale. The test types the token, finds every enrolled agent with
+//! the stale one on top, opens the finished deployment and finds its hosts,
+//! HAProxy actions and log, runs its dry run again, and saves screenshots
+//! to `target/test-artifacts/`.
+
+use anyhow::{ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use vesemir_cli::demo::{HaproxyMode, LocalFleet};
+use vesemir_tests::browser::{artifacts_dir, Browser};
+
+const UI_WAIT: Duration = Duration::from_secs(20);
+
+/// Resumes a SIGSTOPped process even when the test fails half-way.
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
+    let hosts = 3;
+    let f = LocalFleet::builder()
+        .app_hosts(hosts)
+        .haproxy(HaproxyMode::Required)
+        .heartbeat_secs(1)
+        .start()
+        .await?;
+    let cs = f.publish("1.0.0")?;
+    let id = f.submit(&f.deploy_request(&cs)).await?;
+    let d = f.wait_deployment(&id, Duration::from_secs(60)).await?;
+    ensure!(d["status"] == "succeeded", "{d:#}\n{}", f.logs(40));
+    let deployed: BTreeSet<String> = d["hosts"]
+        .as_array()
+        .context("hosts")?
+        .iter()
+        .filter_map(|h| h["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(deployed.len() == hosts, "{d:#}");
+
+    // The page and its assets are static and open; the data is not.
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{}/ui", f.url())).send().await?;
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await?;
+    assert!(!html.contains("__VESEMIR_VERSION__"), "version filled in");
+    for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+        assert!(!html.contains(external), "the page loads nothing from elsewhere");
+    }
+    for asset in ["/ui/app.js", "/ui/app.css"] {
+        let r = http.get(format!("{}{asset}", f.url())).send().await?;
+        assert_eq!(r.status(), 200, "{asset}");
+    }
+    let r = http.get(format!("{}/v1/agents", f.url())).send().await?;
+    assert_eq!(r.status(), 401, "data calls need the token");
+
+    // Freeze app-3's agent: its connection stays, its heartbeats stop.
+    let stale_host = "app-3";
+    let pid = f
+        .pids()
+        .into_iter()
+        .find(|(n, _)| n == &format!("agent {stale_host}"))
+        .map(|(_, p)| p)
+        .with_context(|| format!("no agent process for {stale_host} in {:?}", f.pids()))?;
+    kill(Pid::from_raw(pid), Signal::SIGSTOP)?;
+    let _frozen = Frozen(pid);
+
+    let b = Browser::start(1600, 1000).await?;
+    b.goto(&format!("{}/ui", f.url())).await?;
+    // Asked for the token once, before any data is shown.
+    b.wait_for(
+        "the token dialog",
+        UI_WAIT,
+        "return document.querySelector('#token-dialog').open && document.querySelector('#main').hidden",
+    )
+    .await?;
+    b.type_into("#token-input", f.token()).await?;
+    b.click("#token-submit").await?;
+
+    // Every enrolled agent, and the frozen one stale and on top.
+    let agents: Vec<String> = f
+        .api()
+        .json::<Vec<Value>>(f.api().req(reqwest::Method::GET, "/v1/agents"))
+        .await?
+        .iter()
+        .filter_map(|a| a["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(agents.len() == hosts + 1, "{agents:?}");
+    let shown = b
+        .wait_for(
+            "every agent in the table, the frozen one stale on top",
+            UI_WAIT,
+            &format!(
+                "const rows = [...document.querySelectorAll('#agents tbody tr[data-name]')];
+                 if (rows.length !== {n} || rows[0].dataset.state !== 'stale') return null;
+                 return rows.map(r => r.dataset.name);",
+                n = agents.len()
+            ),
+        )
+        .await?;
+    let shown: Vec<String> = serde_json::from_value(shown)?;
+    assert_eq!(shown[0], stale_host, "{shown:?}");
+    assert_eq!(
+        shown.iter().cloned().collect::<BTreeSet<_>>(),
+        agents.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    // Same version as the controller everywhere: nothing highlighted.
+    let off = b
+        .eval("return document.querySelectorAll('#agents td.version.off').length")
+        .await?;
+    assert_eq!(off, 0);
+    // The filter narrows the table.
+    b.type_into("#agent-filter", "lb-").await?;
+    b.wait_for(
+        "the filter to leave lb-1 alone",
+        UI_WAIT,
+        "const r = [...document.querySelectorAll('#agents tbody tr[data-name]')];
+         return r.length === 1 && r[0].dataset.name === 'lb-1';",
+    )
+    .await?;
+    b.eval("const i = document.querySelector('#agent-filter'); i.value = ''; i.dispatchEvent(new Event('input')); return true")
+        .await?;
+    // Kept for this tab only: sessionStorage, no cookie, no localStorage.
+    let kept = b
+        .eval("return [sessionStorage.getItem('vesemir.token'), localStorage.length, document.cookie]")
+        .await?;
+    assert_eq!(kept[0], f.token());
+    assert_eq!(kept[1], 0);
+    assert_eq!(kept[2], "");
+
+    // The finished deployment, then its hosts, HAProxy actions and log.
+    b.wait_for(
+        "the deployment in the list",
+        UI_WAIT,
+        &format!("return !!document.querySelector('tr.deployment[data-id=\"{id}\"][data-status=\"succeeded\"]')"),
+    )
+    .await?;
+    b.click(&format!("tr.deployment[data-id=\"{id}\"]")).await?;
+    let host_rows = b
+        .wait_for(
+            "the deployment's hosts",
+            UI_WAIT,
+            "const r = [...document.querySelectorAll('#detail-hosts tbody tr[data-host]')];
+             if (!r.length || document.querySelector('#log').innerText.indexOf('deployment succeeded') < 0) return null;
+             return r.map(x => x.dataset.host + ' ' + x.dataset.status);",
+        )
+        .await?;
+    let want: BTreeSet<String> = deployed.iter().map(|h| format!("{h} succeeded")).collect();
+    assert_eq!(strings(&host_rows), want);
+    let actions = b
+        .eval("return document.querySelectorAll('#detail-actions tbody tr').length")
+        .await?;
+    assert!(
+        actions.as_u64().unwrap_or(0) >= hosts as u64 * 3,
+        "drain, wait and ready for each host: {actions}"
+    );
+    // Let the "last seen" of the frozen agent age a little, then keep the picture.
+    let dir = artifacts_dir()?;
+    let shot = dir.join("dashboard.png");
+    b.screenshot(&shot).await?;
+    println!("dashboard screenshot: {}", shot.display());
+
+    // The plan of the same request, as it would run now (the dry run).
+    b.click("#detail-replan").await?;
+    b.click("#plan-run").await?;
+    let planned = b
+        .wait_for(
+            "the dry run's plan",
+            UI_WAIT,
+            "const r = [...document.querySelectorAll('#plan-result tbody tr td.name')];
+             return r.length ? r.map(x => x.textContent) : null;",
+        )
+        .await?;
+    let planned = strings(&planned);
+    for h in &deployed {
+        assert!(planned.contains(h), "{h} missing from the plan {planned:?}");
+    }
+    assert!(
+        planned.contains("lb-1"),
+        "the HAProxy VM is in the plan: {planned:?}"
+    );
+    let problems = b
+        .eval("return (document.querySelector('#plan-result .problems') || {innerText: ''}).innerText")
+        .await?;
+    assert!(
+        problems.as_str().unwrap_or_default().contains(stale_host)
+            || problems.as_str().unwrap_or_default().is_empty(),
+        "{problems}"
+    );
+    let shot = dir.join("dashboard-plan.png");
+    b.screenshot(&shot).await?;
+    println!("dashboard plan screenshot: {}", shot.display());
+    // Nothing was created by the dry run.
+    let list: Value = f
+        .api()
+        .json(f.api().req(reqwest::Method::GET, "/v1/deployments"))
+        .await?;
+    assert_eq!(list["total"], 1, "{list}");
+    Ok(())
+}
