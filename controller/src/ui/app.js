@@ -85,6 +85,7 @@ function ago(iso) {
 
 function duration(ms) {
   if (ms === null || ms === undefined) return "";
+  if (ms < 1000) return `${Math.round(ms)}ms`;
   const s = ms / 1000;
   if (s < 10) return `${s.toFixed(1)}s`;
   if (s < 60) return `${Math.round(s)}s`;
@@ -117,6 +118,21 @@ function badge(status) {
   return el("span", { class: `badge s-${status}` }, status);
 }
 
+/** What an HAProxy action's agent answered, in words ("Done" says nothing). */
+function actionDetail(a) {
+  const raw = (a.detail || "").trim();
+  let v;
+  try { v = JSON.parse(raw); } catch { return raw; }
+  const parts = (Array.isArray(v) ? v : [v]).map((x) => {
+    if (x === "Done") return null;
+    const drained = x && x.Drain;
+    if (drained && drained.Drained) return `sessions ended after ${duration(drained.Drained.after_ms)}`;
+    if (drained && drained.TimedOut) return `still ${drained.TimedOut.scur ?? "some"} sessions at the degradation time`;
+    return typeof x === "string" ? x : JSON.stringify(x);
+  }).filter(Boolean);
+  return parts.join("; ");
+}
+
 /** A segmented bar: succeeded, failed (+unreachable), running, skipped, pending. */
 function progress(summary, total) {
   const bar = el("div", { class: "progress", role: "img" });
@@ -129,7 +145,12 @@ function progress(summary, total) {
   const n = total || parts.reduce((a, [, v]) => a + v, 0) + (summary.pending || 0);
   const done = (summary.succeeded || 0) + (summary.failed || 0) + (summary.unreachable || 0) + (summary.skipped || 0);
   for (const [k, v] of parts) {
-    if (v > 0 && n > 0) bar.append(el("span", { class: `seg s-${k}`, style: `width:${(100 * v) / n}%` }));
+    if (v > 0 && n > 0) {
+      // Through the CSSOM: the page's CSP refuses inline style attributes.
+      const seg = el("span", { class: `seg s-${k}`, title: `${v} ${k}` });
+      seg.style.width = `${(100 * v) / n}%`;
+      bar.append(seg);
+    }
   }
   bar.setAttribute("aria-label", `${done} of ${n} hosts done`);
   return el("div", { class: "progress-wrap" }, bar, el("span", { class: "muted small" }, `${done}/${n}`));
@@ -232,7 +253,7 @@ function renderAgents() {
     if (a.state !== "revoked" && a.version && a.version !== CONTROLLER_VERSION) otherVersion++;
   }
   const pills = $("#fleet-pills");
-  pills.replaceChildren(
+  pills.replaceChildren(...[
     ...Object.entries(counts).map(([s, n]) =>
       el("button", {
         class: `pill s-${s}${n === 0 ? " zero" : ""}${ui.stateFilter.has(s) ? " on" : ""}`,
@@ -241,7 +262,7 @@ function renderAgents() {
       }, el("b", {}, n), ` ${s}`)),
     otherVersion ? el("span", { class: "pill warn", title: `agents not on the controller's version ${CONTROLLER_VERSION}` }, el("b", {}, otherVersion), " other version") : null,
     el("span", { class: "pill" }, el("b", {}, ui.deployments.filter((d) => !FINAL.has(d.status)).length), " deploying"),
-  );
+  ].filter(Boolean));
   $("#state-chips").replaceChildren(
     ...Object.keys(counts).map((s) =>
       el("button", { class: `chip${ui.stateFilter.has(s) ? " on" : ""}`, onclick: () => toggleState(s) }, s)));
@@ -261,14 +282,14 @@ function renderAgents() {
       const load = f.load ? f.load.map((x) => x.toFixed(2)).join(" ") : "";
       return el("tr", { class: `agent s-${a.state}`, dataset: { name: a.name, state: a.state } },
         el("td", {}, el("span", { class: `dot s-${a.state}` }), a.state),
-        el("td", { class: "name" }, a.name, f.hostname && f.hostname !== a.name ? el("span", { class: "muted small" }, ` ${f.hostname}`) : null),
+        el("td", { class: "name", title: f.hostname ? `hostname ${f.hostname}${f.kernel ? `, kernel ${f.kernel}` : ""}` : null }, a.name),
         el("td", { class: off ? "version off" : "version", title: off ? `controller is ${CONTROLLER_VERSION}` : null }, r.version),
         el("td", { title: a.last_seen || "", class: a.state === "stale" ? "hot" : null }, ago(a.last_seen)),
         el("td", { class: "num", title: load ? `1m 5m 15m: ${load}` : null }, r.load === null ? "" : r.load.toFixed(2)),
         el("td", { class: `num${r.disk !== null && r.disk < 1024 ** 3 ? " hot" : ""}` }, bytes(r.disk)),
         el("td", { class: "mono" }, r.address),
         el("td", { class: "num", title: (f.running_jobs || []).join("\n") || null }, r.jobs || ""),
-        el("td", { class: "muted small" }, r.os));
+        el("td", { class: "muted small os" }, r.os));
     }));
   }
   for (const th of document.querySelectorAll("#agents th")) {
@@ -290,7 +311,7 @@ function renderDeployments(total) {
     ? `latest ${ui.deployments.length} of ${total}` : `${total}`;
   const tbody = $("#deployments tbody");
   if (!ui.deployments.length) {
-    tbody.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "no deployment yet")));
+    tbody.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "no deployment yet: `vesemir deploy …`")));
     return;
   }
   tbody.replaceChildren(...ui.deployments.map((d) => {
@@ -305,15 +326,21 @@ function renderDeployments(total) {
       onkeydown: (e) => { if (e.key === "Enter") select(d.id); },
     },
     el("td", {}, badge(d.status)),
-    el("td", { class: "name" }, d.application),
-    el("td", {}, d.environment),
+    el("td", { class: "name" }, d.application, el("span", { class: "muted" }, ` · ${d.environment}`)),
     el("td", { class: "mono" }, d.changeset ? d.changeset.version : d.playbook || ""),
     el("td", {}, prog),
-    el("td", { class: "muted" }, d.requested_by),
+    el("td", { class: "muted by" }, d.requested_by),
     el("td", { title: d.created_at }, when(d.started_at || d.created_at)),
     el("td", {}, d.duration_ms !== null ? duration(d.duration_ms)
       : d.started_at ? duration(Date.now() - Date.parse(d.started_at)) : ""));
   }));
+}
+
+/** Two columns while a deployment or a plan is open: the fleet stays in view. */
+function layout() {
+  const side = !$("#deployment-detail").hidden || !$("#plan-panel").hidden;
+  $("#col-side").hidden = !side;
+  $("#main").classList.toggle("has-side", side);
 }
 
 function select(id) {
@@ -334,7 +361,8 @@ function route() {
     $("#plan-panel").hidden = true;
     refreshDetail().catch(handleError);
   }
-  renderDeployments(ui.deployments.length);
+  layout();
+  renderDeployments(ui.total || ui.deployments.length);
 }
 
 function renderDetail() {
@@ -385,6 +413,7 @@ function renderDetail() {
   sel.value = want;
 
   const actions = d.haproxy_actions || [];
+  $("#actions-count").textContent = actions.length ? `${actions.length}, newest first` : "";
   $("#detail-actions tbody").replaceChildren(...(actions.length ? actions.slice(-200).reverse().map((a) =>
     el("tr", { class: a.ok ? "" : "s-failed" },
       el("td", { title: a.at }, clock(a.at)),
@@ -392,7 +421,7 @@ function renderDetail() {
       el("td", {}, a.haproxy_vm),
       el("td", { class: "mono" }, a.action),
       el("td", {}, a.ok ? el("span", { class: "ok" }, "ok") : el("span", { class: "bad" }, "failed")),
-      el("td", { class: "detail-cell mono small" }, (a.detail || "").trim()))) : [el("tr", {}, el("td", { colspan: 6, class: "empty" }, hp ? "none yet" : "no HAProxy in this deployment"))]));
+      el("td", { class: "detail-cell small" }, actionDetail(a)))) : [el("tr", {}, el("td", { colspan: 6, class: "empty" }, hp ? "none yet" : "no HAProxy in this deployment"))]));
 }
 
 async function refreshDetail() {
@@ -533,7 +562,9 @@ function openPlan(request) {
   $("#plan-request").value = JSON.stringify(req, null, 2);
   $("#plan-result").replaceChildren(el("p", { class: "muted" }, "Edit the request, then Dry run: the controller resolves the hosts and HAProxy VMs and checks agents and backends."));
   $("#plan-panel").hidden = false;
-  $("#plan-panel").scrollIntoView({ block: "start" });
+  if (request === null && ui.selected) location.hash = "";
+  layout();
+  $("#col-side").scrollTop = 0;
 }
 
 async function runPlan() {
@@ -600,10 +631,15 @@ async function refresh() {
     ]);
     ui.agents = agents;
     ui.deployments = list.deployments;
-    // Progress of the ones still running (one per application/environment).
-    const live = list.deployments.filter((d) => !FINAL.has(d.status)).slice(0, 10);
-    const details = await Promise.all(live.map((d) => api(`/v1/deployments/${encodeURIComponent(d.id)}`).catch(() => null)));
-    ui.details = new Map(details.filter(Boolean).map((d) => [d.id, d]));
+    // Per-host progress: refetched while a deployment runs (one per
+    // application and environment); a finished one never changes, so it
+    // is fetched once and kept.
+    const want = list.deployments.filter((d) => !FINAL.has(d.status) || !(ui.details.get(d.id) && FINAL.has(ui.details.get(d.id).status)));
+    const details = await Promise.all(want.slice(0, 12).map((d) => api(`/v1/deployments/${encodeURIComponent(d.id)}`).catch(() => null)));
+    for (const d of details.filter(Boolean)) ui.details.set(d.id, d);
+    const listed = new Set(list.deployments.map((d) => d.id));
+    for (const id of ui.details.keys()) if (!listed.has(id)) ui.details.delete(id);
+    ui.total = list.total;
     ui.lastOk = new Date().toISOString();
     showBanner("");
     renderAgents();
@@ -658,7 +694,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#detail-close").addEventListener("click", () => { location.hash = ""; });
   $("#detail-replan").addEventListener("click", () => openPlan(ui.detail && ui.detail.request));
   $("#open-plan").addEventListener("click", () => openPlan(null));
-  $("#plan-close").addEventListener("click", () => { $("#plan-panel").hidden = true; });
+  $("#plan-close").addEventListener("click", () => { $("#plan-panel").hidden = true; layout(); });
   $("#plan-run").addEventListener("click", runPlan);
   $("#log-host").addEventListener("change", renderLog);
   window.addEventListener("hashchange", route);
