@@ -710,7 +710,10 @@ impl Persistent {
         let mut cmd = Command::new(bin("vesemir-controller"));
         cmd.args(["serve", "--config"])
             .arg(self.dir.join("controller.toml"))
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("VESEMIR_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         let log = self.dir.join(format!("serve-{}.log", self.starts));
         self.proc = Some(Proc::spawn("controller", cmd, log)?);
         let url = format!("{}/readyz", self.api.url);

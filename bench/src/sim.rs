@@ -334,7 +334,22 @@ impl SimFleet {
             } else {
                 "127.0.0.1:0".parse().expect("addr")
             };
-            endpoints.push(quinn::Endpoint::client(bind).map_err(SimError::Socket)?);
+            // One socket carries thousands of connections: a large buffer,
+            // or a burst of handshakes overflows it (see the controller's).
+            let socket = std::net::UdpSocket::bind(bind).map_err(SimError::Socket)?;
+            vesemir_controller::quic::grow_udp_buffers(
+                &socket,
+                vesemir_controller::quic::UDP_BUFFER_BYTES,
+            );
+            endpoints.push(
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(SimError::Socket)?,
+            );
         }
         let roots = vesemir_agent::identity::ca_roots(&opts.ca_pem, Path::new("ca.pem"))
             .map_err(|e| SimError::Tls(e.to_string()))?;

@@ -173,6 +173,14 @@ pub fn endpoint(
         addr: listen,
         source,
     })?;
+    let got = grow_udp_buffers(&socket, UDP_BUFFER_BYTES);
+    if got < UDP_BUFFER_BYTES {
+        tracing::info!(
+            requested = UDP_BUFFER_BYTES,
+            got,
+            "UDP receive buffer capped by net.core.rmem_max; raise it for large fleets"
+        );
+    }
     // A stable reset key lets a restarted controller tell agents of the dead
     // one that their connection is gone, so they reconnect at once instead
     // of waiting for the idle timeout.
@@ -199,6 +207,52 @@ pub fn endpoint(
         addr: listen,
         source,
     })
+}
+
+/// Socket buffer asked for on the QUIC socket. All agents share this one
+/// socket: with the default (~208 KiB) a reconnect storm of thousands of
+/// handshakes overflowed it, the kernel dropped datagrams, and handshakes
+/// waited for retransmission timers (bench/RESULTS.md, reconnect storm).
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// Asks for `bytes` of receive and send buffer on a UDP socket (the kernel
+/// caps it at `net.core.rmem_max`/`wmem_max`); returns the receive buffer
+/// granted, as the kernel counts it (half of what `getsockopt` reports).
+pub fn grow_udp_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: fd is a valid socket for the lifetime of `socket`; the
+        // option value is a c_int of the given length.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                len,
+            );
+        }
+    }
+    let mut got: libc::c_int = 0;
+    let mut got_len = len;
+    // SAFETY: as above; `got` is a c_int and `got_len` its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &mut got as *mut libc::c_int as *mut libc::c_void,
+            &mut got_len,
+        )
+    };
+    if rc == 0 {
+        (got.max(0) as usize) / 2
+    } else {
+        0
+    }
 }
 
 /// Accepts connections until the endpoint is closed.
