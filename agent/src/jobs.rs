@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vesemir_protocol::job::{
     HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus, ServerAdminState, Stats,
@@ -27,6 +27,9 @@ pub struct Jobs {
     cfg: AgentConfig,
     journal: Journal,
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Live events of running playbook jobs, for [`JobKind::Attach`]
+    /// followers (a CLI reattaching after its controller died).
+    followers: Mutex<HashMap<String, broadcast::Sender<JobEvent>>>,
     welcomed: AtomicBool,
 }
 
@@ -37,6 +40,7 @@ impl Jobs {
             cfg: cfg.clone(),
             journal: Journal::open(&cfg.journal_dir())?,
             running: Mutex::new(HashMap::new()),
+            followers: Mutex::new(HashMap::new()),
             welcomed: AtomicBool::new(false),
         })
     }
@@ -110,6 +114,7 @@ impl Jobs {
                 };
                 let _ = tx.send(JobEvent::Finished(outcome)).await;
             }
+            JobKind::Attach => self.attach(&job_id, tx).await,
             JobKind::Cancel => {
                 let token = self
                     .running
@@ -155,13 +160,93 @@ impl Jobs {
                     }
                 };
                 let cfg = self.runner_config();
-                let _ =
-                    crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel).await;
+                if owner {
+                    let (job_tx, tee) = self.tee(&job_id, tx);
+                    let run =
+                        crate::runner::run_job(&cfg, &self.journal, &job_id, &job, job_tx, cancel);
+                    let _ = tokio::join!(run, tee);
+                } else {
+                    let _ = crate::runner::run_job(&cfg, &self.journal, &job_id, &job, tx, cancel)
+                        .await;
+                }
                 if owner {
                     self.running.lock().expect("running lock").remove(&job_id);
                 }
             }
         }
+    }
+
+    /// Puts a broadcast between a running job and its stream so
+    /// [`JobKind::Attach`] followers see the same events. The stream keeps
+    /// its backpressure; followers never slow the job (a lagging one is told
+    /// how many events it missed).
+    fn tee(
+        &self,
+        job_id: &str,
+        out: mpsc::Sender<JobEvent>,
+    ) -> (
+        mpsc::Sender<JobEvent>,
+        impl std::future::Future<Output = ()> + '_,
+    ) {
+        let (tx, mut rx) = mpsc::channel::<JobEvent>(EVENT_BUFFER);
+        let (followers, _) = broadcast::channel::<JobEvent>(EVENT_BUFFER);
+        self.followers
+            .lock()
+            .expect("followers lock")
+            .insert(job_id.to_string(), followers.clone());
+        let job_id = job_id.to_string();
+        let tee = async move {
+            while let Some(ev) = rx.recv().await {
+                // No follower is the usual case: nothing to do.
+                let _ = followers.send(ev.clone());
+                let _ = out.send(ev).await;
+            }
+            // The job is over and journaled: later followers read the journal.
+            self.followers
+                .lock()
+                .expect("followers lock")
+                .remove(&job_id);
+        };
+        (tx, tee)
+    }
+
+    /// Answers [`JobKind::Attach`]: the live events of a running job, else
+    /// the journal's record.
+    async fn attach(&self, job_id: &str, tx: mpsc::Sender<JobEvent>) {
+        let live = self
+            .followers
+            .lock()
+            .expect("followers lock")
+            .get(job_id)
+            .map(broadcast::Sender::subscribe);
+        if let Some(mut rx) = live {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let last = matches!(ev, JobEvent::Finished(_));
+                        if tx.send(ev).await.is_err() || last {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let line = format!("({n} events skipped: this follower fell behind)");
+                        let _ = tx
+                            .send(JobEvent::Log {
+                                index: 0,
+                                stream: vesemir_protocol::job::LogStream::Runner,
+                                line,
+                            })
+                            .await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+        let outcome = match self.journal.get(job_id) {
+            Some(rec) => rec.reported_outcome(),
+            None => outcome(job_id, JobStatus::Unknown, None, None),
+        };
+        let _ = tx.send(JobEvent::Finished(outcome)).await;
     }
 
     fn runner_config(&self) -> crate::runner::RunnerConfig {

@@ -46,6 +46,20 @@ pub enum AgentsCmd {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Show an ad-hoc job's result from the agent's journal (by the id
+    /// `agents run` printed), or follow it live with --follow.
+    Job {
+        /// Node name.
+        name: String,
+        /// Job id.
+        id: String,
+        /// Stream the job's events until it ends.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Forget a revoked agent so its node name can enroll again (a rebuilt VM).
     Forget {
         /// Node name.
@@ -221,25 +235,41 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
                     .json(&body),
                 )
                 .await?;
-            let mut finished = None;
-            crate::live::each_line(resp, |ev| {
-                if output == Output::Json {
-                    println!("{ev}");
-                    if ev["type"] == "finished" {
-                        finished = Some(ev);
-                    }
-                    return true;
-                }
-                if let Some(fin) = crate::live::render(&name, &ev) {
-                    finished = Some(fin);
-                }
-                true
-            })
-            .await?;
-            let Some(fin) = finished else {
-                anyhow::bail!(
-                    "the stream ended before the job finished: check `vesemir agents show {name}`"
+            // The id comes first, so a broken stream never loses the job.
+            let job_id = resp
+                .headers()
+                .get(JOB_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let Some(id) = &job_id {
+                let hint = format!(
+                    "[{name}] job {id} started; reattach with: vesemir agents job {name} {id} --follow"
                 );
+                if output == Output::Json {
+                    eprintln!("{hint}");
+                } else {
+                    println!("{hint}");
+                }
+            }
+            let reattach = |what: String| {
+                match &job_id {
+                Some(id) => anyhow::anyhow!(
+                    "{what}; the job goes on on the agent and its result stays in the agent's journal: \
+                     reattach with `vesemir agents job {name} {id} --follow`"
+                ),
+                None => anyhow::anyhow!("{what}: check `vesemir agents show {name}`"),
+            }
+            };
+            let (finished, error) = follow_events(resp, &name, output).await.map_err(|e| {
+                reattach(format!(
+                    "lost the connection to the controller while the job ran: {e}"
+                ))
+            })?;
+            let Some(fin) = finished else {
+                return Err(reattach(match error {
+                    Some(e) => e,
+                    None => "the stream ended before the job finished".into(),
+                }));
             };
             if output != Output::Json {
                 println!();
@@ -255,6 +285,12 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        AgentsCmd::Job {
+            name,
+            id,
+            follow,
+            output,
+        } => job(api, &name, &id, follow, output).await,
         AgentsCmd::Forget { name } => {
             let _: Value = api
                 .json(api.req(
@@ -279,6 +315,109 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Response header of `POST /v1/agents/{name}/run` carrying the job id.
+pub const JOB_ID_HEADER: &str = "vesemir-job-id";
+
+/// Renders a job's NDJSON events (or prints them raw with `--output json`);
+/// returns the `finished` event and the last `error` message, if any.
+async fn follow_events(
+    resp: reqwest::Response,
+    name: &str,
+    output: Output,
+) -> Result<(Option<Value>, Option<String>)> {
+    let mut finished = None;
+    let mut error = None;
+    crate::live::each_line(resp, |ev| {
+        if ev["type"] == "error" {
+            error = ev["message"].as_str().map(str::to_string);
+        }
+        if output == Output::Json {
+            println!("{ev}");
+            if ev["type"] == "finished" {
+                finished = Some(ev);
+            }
+            return true;
+        }
+        if let Some(fin) = crate::live::render(name, &ev) {
+            finished = Some(fin);
+        }
+        true
+    })
+    .await?;
+    Ok((finished, error))
+}
+
+/// Exit code of a job's final status: 0 succeeded, 3 still running, 2 otherwise.
+fn job_exit(status: &Value) -> ExitCode {
+    match status.as_str() {
+        Some("succeeded") => ExitCode::SUCCESS,
+        Some("running") => ExitCode::from(3),
+        _ => ExitCode::from(2),
+    }
+}
+
+/// `vesemir agents job NAME ID [--follow]`.
+async fn job(api: &Api, name: &str, id: &str, follow: bool, output: Output) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}/jobs/{}", enc(name), enc(id));
+    if !follow {
+        let o: Value = api.json(api.req(reqwest::Method::GET, &path)).await?;
+        if output == Output::Json {
+            print_json(&o);
+        } else {
+            println!("job {id} on {name}: {}", s(&o["status"]));
+            println!("{}", crate::live::recap(name, &o));
+            if let Some(err) = o["error"].as_str() {
+                println!("error: {err}");
+            }
+            if o["status"] == "running" {
+                println!("still running: follow it with `vesemir agents job {name} {id} --follow`");
+            }
+        }
+        return Ok(job_exit(&o["status"]));
+    }
+    if output != Output::Json {
+        println!("[{name}] following job {id}");
+    }
+    // The journal may still say "running" for a moment after the live
+    // events ended (or before they start): ask again, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resp = api
+            .send(api.stream_req(reqwest::Method::GET, &format!("{path}/events")))
+            .await?;
+        let (finished, error) = follow_events(resp, name, output).await.map_err(|e| {
+            anyhow::anyhow!(
+                "lost the connection to the controller while following job {id} ({e}); \
+                 run `vesemir agents job {name} {id} --follow` again once it is back"
+            )
+        })?;
+        let Some(fin) = finished else {
+            anyhow::bail!(
+                "{}; run `vesemir agents job {name} {id} --follow` again",
+                error.unwrap_or_else(|| "the stream ended before the job finished".into())
+            );
+        };
+        if fin["status"] == "unknown" {
+            anyhow::bail!(
+                "agent {name} has no record of job {id}: check the id (its journal keeps the newest 1000 jobs)"
+            );
+        }
+        if fin["status"] == "running" && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        if output != Output::Json {
+            println!();
+            println!("PLAY RECAP");
+            println!("{}", crate::live::recap(name, &fin));
+            if let Some(err) = fin["error"].as_str() {
+                println!("error: {err}");
+            }
+        }
+        return Ok(job_exit(&fin["status"]));
     }
 }
 

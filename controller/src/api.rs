@@ -209,6 +209,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(show_agent).delete(forget_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
+        .route("/v1/agents/{name}/jobs/{id}", get(job_outcome))
         .route("/v1/inventory/resolve", post(resolve_inventory))
         .route(
             "/v1/deployments",
@@ -228,6 +229,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     // Streams: no overall timeout (they last as long as the work does).
     let streams = Router::new()
         .route("/v1/agents/{name}/run", post(run_on_agent))
+        .route("/v1/agents/{name}/jobs/{id}/events", get(follow_job))
         .route("/v1/deployments/{id}/logs", get(crate::deploy::http::logs))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -555,17 +557,36 @@ async fn run_on_agent(
             }),
         }),
     };
-    let mut job = state
+    let job = state
         .fleet
         .start_job(&name, &req)
         .await
-        .map_err(|e| match e {
-            crate::fleet::DispatchError::NotConnected(_) => {
-                ApiError::new(StatusCode::CONFLICT, "agent_not_connected", e.to_string())
-            }
-            other => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", other.to_string()),
-        })?;
+        .map_err(dispatch_error)?;
     tracing::info!(agent = %name, job_id = %req.job_id, playbook = %body.playbook, by = %caller.name, "playbook run started");
+    let mut resp = stream_job(job);
+    // The job id before any event: a client cut off later still knows
+    // which job to ask the agent's journal about.
+    if let Ok(v) = header::HeaderValue::from_str(&req.job_id) {
+        resp.headers_mut().insert(JOB_ID_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// Response header of `POST /v1/agents/{name}/run` carrying the job id.
+pub const JOB_ID_HEADER: &str = "vesemir-job-id";
+
+fn dispatch_error(e: crate::fleet::DispatchError) -> ApiError {
+    match e {
+        crate::fleet::DispatchError::NotConnected(_) => {
+            ApiError::new(StatusCode::CONFLICT, "agent_not_connected", e.to_string())
+        }
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", other.to_string()),
+    }
+}
+
+/// A job's events as an NDJSON response, an `error` line last if the
+/// stream to the agent broke.
+fn stream_job(mut job: crate::fleet::JobStream) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(async move {
         loop {
@@ -583,11 +604,95 @@ async fn run_on_agent(
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
+}
+
+/// Checks a job id from a path and opens a journal query for it on the
+/// agent (`kind` is `Outcome` or `Attach`: neither runs anything).
+async fn query_job(
+    state: &AppState,
+    name: &str,
+    id: &str,
+    kind: vesemir_protocol::job::JobKind,
+) -> Result<crate::fleet::JobStream, ApiError> {
+    if !vesemir_protocol::job::is_one_path_component(id) {
+        return Err(unprocessable(
+            "id",
+            "must be a job id as `vesemir agents run` printed it",
+        ));
+    }
+    if state.store.get_agent(name).await?.is_none() {
+        return Err(no_agent(name));
+    }
+    let req = vesemir_protocol::job::JobRequest {
+        job_id: id.to_string(),
+        deployment_id: None,
+        kind,
+    };
+    state
+        .fleet
+        .start_job(name, &req)
+        .await
+        .map_err(dispatch_error)
+}
+
+fn no_job(name: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "job_not_found",
+        format!(
+            "agent {name} has no record of job {id}: check the id (its journal keeps the newest 1000 jobs)"
+        ),
+    )
+}
+
+/// `GET /v1/agents/{name}/jobs/{id}`: the agent's journal record of a job
+/// (`status` `running` while it runs).
+async fn job_outcome(
+    State(state): State<Arc<AppState>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = agent_name(name);
+    let mut job = query_job(&state, &name, &id, vesemir_protocol::job::JobKind::Outcome).await?;
+    // The route's timeout layer bounds this wait.
+    loop {
+        match job.next().await.map_err(dispatch_error)? {
+            Some(vesemir_protocol::job::JobEvent::Finished(o)) => {
+                if o.status == vesemir_protocol::job::JobStatus::Unknown {
+                    return Err(no_job(&name, &id));
+                }
+                let mut v =
+                    crate::events::event_json(&vesemir_protocol::job::JobEvent::Finished(o));
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("type");
+                }
+                return Ok(Json(v));
+            }
+            Some(_) => continue,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_error",
+                    format!("agent {name} closed the stream without answering; retry"),
+                ))
+            }
+        }
+    }
+}
+
+/// `GET /v1/agents/{name}/jobs/{id}/events`: follow a job (NDJSON, like
+/// `run`): its live events while it runs, then its journal record.
+async fn follow_job(
+    State(state): State<Arc<AppState>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let name = agent_name(name);
+    let job = query_job(&state, &name, &id, vesemir_protocol::job::JobKind::Attach).await?;
+    Ok(stream_job(job))
 }
 
 /// The configured inventory, or a 409 saying how to configure one.

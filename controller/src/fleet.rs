@@ -115,6 +115,19 @@ pub enum DispatchError {
         /// Why.
         reason: String,
     },
+    /// The agent's connection went silent (a frozen or cut-off VM) and
+    /// timed out while the job ran; the job may still finish there.
+    #[error("agent stopped responding: nothing from {0} within the connection's idle timeout (a frozen or unreachable VM)")]
+    Unresponsive(String),
+    /// The connection closed while the job ran (agent restarting, revoked,
+    /// controller shutting down).
+    #[error("the connection to agent {name} closed while the job ran: {reason}")]
+    ConnectionLost {
+        /// Agent.
+        name: String,
+        /// Why, as QUIC reports it.
+        reason: String,
+    },
     /// The agent sent something invalid.
     #[error("agent {name} sent an invalid job stream: {source}")]
     Wire {
@@ -434,10 +447,33 @@ impl JobStream {
     pub async fn next(&mut self) -> Result<Option<JobEvent>, DispatchError> {
         read_frame(&mut self.recv)
             .await
-            .map_err(|source| DispatchError::Wire {
-                name: self.agent.clone(),
-                source,
-            })
+            .map_err(|source| stream_error(&self.agent, source))
+    }
+}
+
+/// Tells a connection that died (timed out, closed) from a peer that sent
+/// garbage: only the latter is an "invalid job stream".
+fn stream_error(agent: &str, source: WireError) -> DispatchError {
+    let lost = match &source {
+        WireError::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+            .and_then(|r| match r {
+                quinn::ReadError::ConnectionLost(c) => Some(c.clone()),
+                _ => None,
+            }),
+        WireError::Frame(_) => None,
+    };
+    match lost {
+        Some(quinn::ConnectionError::TimedOut) => DispatchError::Unresponsive(agent.to_string()),
+        Some(c) => DispatchError::ConnectionLost {
+            name: agent.to_string(),
+            reason: c.to_string(),
+        },
+        None => DispatchError::Wire {
+            name: agent.to_string(),
+            source,
+        },
     }
 }
 

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 2: `JobKind::Attach` (follow a running job by id).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Agent → controller, first frame on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -99,6 +99,11 @@ pub enum JobKind {
     Outcome,
     /// Cancel the running job with this request's `job_id`.
     Cancel,
+    /// Follow the job with this request's `job_id`: while it runs, its live
+    /// events from now on, ending with [`JobEvent::Finished`]; once it has
+    /// ended (or when the journal has no such job), only the journal's
+    /// `Finished` record. Runs nothing. Added in protocol version 2.
+    Attach,
 }
 
 /// Which output stream a log line came from.
