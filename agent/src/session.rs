@@ -221,6 +221,12 @@ async fn session(
     end
 }
 
+/// This process's [`Hello::instance`]: the same for every reconnect.
+fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(rand::random)
+}
+
 async fn serve_connection(
     cfg: &AgentConfig,
     conn: &quinn::Connection,
@@ -232,6 +238,7 @@ async fn serve_connection(
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         node: cfg.name.clone(),
+        instance: instance(),
     };
     let opened = tokio::time::timeout(Duration::from_secs(10), async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| end_of(&e))?;

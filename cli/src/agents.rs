@@ -149,6 +149,22 @@ fn print_agent(a: &Value) {
         ("cert expires", s(&a["cert_not_after"]).into()),
         ("revoked", s(&a["revoked_at"]).into()),
     ];
+    let mut rows = rows;
+    if let Some(d) = a["duplicate_key"].as_object() {
+        let addrs: Vec<&str> = d["addresses"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        rows.push((
+            "duplicate key",
+            format!(
+                "two processes hold this key and take turns: {} ({} takeovers, last {}); stop one",
+                addrs.join(" and "),
+                d["takeovers"],
+                s(&d["last_seen"])
+            ),
+        ));
+    }
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
     }

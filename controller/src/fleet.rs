@@ -28,6 +28,8 @@ pub struct Session {
     pub remote: SocketAddr,
     /// Certificate serial in use on this connection.
     pub serial: String,
+    /// The agent process's random instance id (from the hello).
+    pub instance: u64,
     /// When the connection was accepted, Unix ms.
     pub connected_at: i64,
     /// Heartbeat state, updated on every heartbeat.
@@ -88,6 +90,117 @@ pub struct AgentView {
     pub cert_not_after: String,
     /// Revocation time, RFC 3339.
     pub revoked_at: Option<String>,
+    /// Set when two processes with this agent's key took turns on its
+    /// connection recently (a cloned VM or a copied data dir).
+    pub duplicate_key: Option<DuplicateKeyView>,
+}
+
+/// Two processes holding one agent's key, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DuplicateKeyView {
+    /// The two remote addresses of the last takeover (new, replaced).
+    pub addresses: [String; 2],
+    /// First takeover seen, RFC 3339.
+    pub first_seen: String,
+    /// Last takeover seen, RFC 3339.
+    pub last_seen: String,
+    /// Takeovers between the two processes so far.
+    pub takeovers: u64,
+}
+
+/// How long a duplicate stays reported after its last takeover.
+pub const DUPLICATE_KEY_MEMORY: Duration = Duration::from_secs(600);
+/// At most one warning per agent this often while processes take turns.
+const DUPLICATE_KEY_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// One connection of an agent, as [`Takeovers`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The process's instance id.
+    pub instance: u64,
+    /// Where it connects from.
+    pub remote: SocketAddr,
+}
+
+/// What the controller knows of two processes sharing a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// Last takeover: the newcomer and the one it replaced.
+    pub addresses: [SocketAddr; 2],
+    /// Unix ms of the first and last takeover.
+    pub first_ms: i64,
+    /// Unix ms of the last takeover.
+    pub last_ms: i64,
+    /// Takeovers so far.
+    pub takeovers: u64,
+}
+
+/// Per-agent takeover bookkeeping: pure, fed the replaced and the new
+/// connection, `now` passed in. One process that reconnects keeps its
+/// instance id; one that restarted replaces its own dead connection once
+/// and is never replaced back. Two processes with one key replace each
+/// other in turn: a connection from an instance that was itself replaced
+/// while it was live is the second process coming back.
+#[derive(Debug, Clone, Default)]
+pub struct Takeovers {
+    /// The instance a different live instance last replaced.
+    displaced: Option<u64>,
+    /// What was seen of a duplicate, if any.
+    duplicate: Option<DuplicateKey>,
+    /// Unix ms of the last warning.
+    warned_ms: Option<i64>,
+}
+
+impl Takeovers {
+    /// Records a new connection `new` that replaces `old` (if the agent had
+    /// one and it was still open). Returns the duplicate when a warning is
+    /// due (at most every [`DUPLICATE_KEY_WARN_EVERY`]).
+    pub fn on_connect(
+        &mut self,
+        old: Option<Holder>,
+        new: Holder,
+        now_ms: i64,
+    ) -> Option<DuplicateKey> {
+        let old = old.filter(|o| o.instance != new.instance)?;
+        let returning = self.displaced == Some(new.instance);
+        self.displaced = Some(old.instance);
+        if !returning {
+            return None;
+        }
+        let dup = match self.duplicate.take() {
+            Some(d) if now_ms - d.last_ms <= DUPLICATE_KEY_MEMORY.as_millis() as i64 => {
+                DuplicateKey {
+                    addresses: [new.remote, old.remote],
+                    first_ms: d.first_ms,
+                    last_ms: now_ms,
+                    takeovers: d.takeovers + 1,
+                }
+            }
+            _ => DuplicateKey {
+                addresses: [new.remote, old.remote],
+                first_ms: now_ms,
+                last_ms: now_ms,
+                takeovers: 1,
+            },
+        };
+        self.duplicate = Some(dup.clone());
+        let due = self
+            .warned_ms
+            .is_none_or(|w| now_ms - w >= DUPLICATE_KEY_WARN_EVERY.as_millis() as i64);
+        if due {
+            self.warned_ms = Some(now_ms);
+            Some(dup)
+        } else {
+            None
+        }
+    }
+
+    /// The duplicate to show, if one was seen within [`DUPLICATE_KEY_MEMORY`].
+    pub fn current(&self, now_ms: i64) -> Option<&DuplicateKey> {
+        self.duplicate
+            .as_ref()
+            .filter(|d| now_ms - d.last_ms <= DUPLICATE_KEY_MEMORY.as_millis() as i64)
+    }
 }
 
 /// Formats Unix ms as RFC 3339.
@@ -144,6 +257,9 @@ pub struct Fleet {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     revoked: Arc<RwLock<HashSet<String>>>,
     pending_seen: Mutex<HashMap<String, LastSeen>>,
+    /// Takeover bookkeeping per agent (memory only: a duplicate shows
+    /// again within a second of a restart, as the processes keep turning).
+    takeovers: Mutex<HashMap<String, Takeovers>>,
     next_id: AtomicU64,
     /// Heartbeat interval agents are told to use.
     pub heartbeat: Duration,
@@ -158,6 +274,7 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             revoked: Arc::new(RwLock::new(revoked)),
             pending_seen: Mutex::new(HashMap::new()),
+            takeovers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             heartbeat,
         }))
@@ -180,6 +297,7 @@ impl Fleet {
         conn: quinn::Connection,
         serial: &str,
         version: &str,
+        instance: u64,
     ) -> Arc<Session> {
         let session = Arc::new(Session {
             name: name.to_string(),
@@ -187,6 +305,7 @@ impl Fleet {
             remote: conn.remote_address(),
             conn,
             serial: serial.to_string(),
+            instance,
             connected_at: now_ms(),
             live: Mutex::new(Live {
                 facts: None,
@@ -200,6 +319,33 @@ impl Fleet {
             .lock()
             .expect("sessions lock")
             .insert(name.to_string(), session.clone());
+        let replaced = old
+            .as_ref()
+            .filter(|o| o.conn.close_reason().is_none())
+            .map(|o| Holder {
+                instance: o.instance,
+                remote: o.remote,
+            });
+        let new = Holder {
+            instance,
+            remote: session.remote,
+        };
+        let warn = self
+            .takeovers
+            .lock()
+            .expect("takeovers lock")
+            .entry(name.to_string())
+            .or_default()
+            .on_connect(replaced, new, now_ms());
+        if let Some(d) = warn {
+            tracing::warn!(
+                agent = name,
+                new = %d.addresses[0],
+                replaced = %d.addresses[1],
+                takeovers = d.takeovers,
+                "two processes hold the key of this agent and take turns on its connection (a cloned VM or a copied data dir?): stop one, then revoke and re-enroll if the key was copied"
+            );
+        }
         if let Some(old) = old {
             close(&old.conn, CloseReason::Superseded);
         }
@@ -368,6 +514,18 @@ impl Fleet {
                     .and_then(|f| serde_json::from_str(f).ok()),
             ),
         };
+        let duplicate_key = self
+            .takeovers
+            .lock()
+            .expect("takeovers lock")
+            .get(&rec.name)
+            .and_then(|t| t.current(now))
+            .map(|d| DuplicateKeyView {
+                addresses: d.addresses.map(|a| a.to_string()),
+                first_seen: rfc3339(d.first_ms),
+                last_seen: rfc3339(d.last_ms),
+                takeovers: d.takeovers,
+            });
         AgentView {
             name: rec.name,
             state,
@@ -381,6 +539,7 @@ impl Fleet {
             cert_fingerprint: rec.cert_fingerprint,
             cert_not_after: rfc3339(rec.cert_not_after),
             revoked_at: rec.revoked_at.map(rfc3339),
+            duplicate_key,
         }
     }
 
@@ -494,4 +653,51 @@ pub fn facts_json(f: &Facts) -> serde_json::Value {
 /// Closes a connection with one of our reasons.
 pub fn close(conn: &quinn::Connection, reason: CloseReason) {
     conn.close(reason.code().into(), reason.text().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(instance: u64, port: u16) -> Holder {
+        Holder {
+            instance,
+            remote: SocketAddr::from(([10, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn a_reconnect_or_a_restart_is_not_a_duplicate() {
+        let mut t = Takeovers::default();
+        assert_eq!(t.on_connect(None, h(1, 1000), 0), None);
+        // Same process, new connection while the old one lingers.
+        assert_eq!(t.on_connect(Some(h(1, 1000)), h(1, 1001), 10), None);
+        // Restarted (new instance) over its dead connection, then it
+        // reconnects as itself: never the displaced one coming back.
+        assert_eq!(t.on_connect(Some(h(1, 1001)), h(2, 1002), 20), None);
+        assert_eq!(t.on_connect(Some(h(2, 1002)), h(2, 1003), 30), None);
+        assert_eq!(t.on_connect(None, h(2, 1004), 40), None);
+        assert!(t.current(50).is_none());
+    }
+
+    #[test]
+    fn two_instances_taking_turns_are_reported_and_warned_rarely() {
+        let mut t = Takeovers::default();
+        assert_eq!(t.on_connect(None, h(1, 1000), 0), None);
+        assert_eq!(t.on_connect(Some(h(1, 1000)), h(2, 2000), 100), None);
+        // 1 comes back and replaces 2: a duplicate, warned.
+        let d = t.on_connect(Some(h(2, 2000)), h(1, 1001), 900).unwrap();
+        assert_eq!(d.addresses, [h(1, 1001).remote, h(2, 2000).remote]);
+        assert_eq!((d.first_ms, d.takeovers), (900, 1));
+        // And again: counted, not warned again within the minute.
+        assert_eq!(t.on_connect(Some(h(1, 1001)), h(2, 2001), 1800), None);
+        let cur = t.current(1900).unwrap();
+        assert_eq!((cur.first_ms, cur.last_ms, cur.takeovers), (900, 1800, 2));
+        // A minute later it warns again.
+        assert!(t.on_connect(Some(h(2, 2001)), h(1, 1002), 61_000).is_some());
+        // Forgotten ten minutes after the last takeover.
+        assert!(t
+            .current(61_000 + DUPLICATE_KEY_MEMORY.as_millis() as i64 + 1)
+            .is_none());
+    }
 }

@@ -332,7 +332,13 @@ async fn handle_connection(
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
     }
-    let session = fleet.register(&name, conn.clone(), &info.serial, &hello.agent_version);
+    let session = fleet.register(
+        &name,
+        conn.clone(),
+        &info.serial,
+        &hello.agent_version,
+        hello.instance,
+    );
     // A revocation between the store check above and the registration found
     // no session to close: check again now that we are registered (revoke
     // updates the serial set before it looks for the session).

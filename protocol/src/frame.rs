@@ -187,6 +187,7 @@ mod tests {
             protocol_version: 1,
             agent_version: "0.1.0".into(),
             node: "web-1".into(),
+            instance: 7,
         };
         assert_eq!(decode::<Hello>(&encode(&hello).unwrap()).unwrap(), hello);
     }

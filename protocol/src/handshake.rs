@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump on any incompatible change.
 ///
-/// - 2: `JobKind::Attach` (follow a running job by id).
+/// - 2: `JobKind::Attach` (follow a running job by id), `Hello::instance`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Agent → controller, first frame on the control stream.
@@ -20,6 +20,11 @@ pub struct Hello {
     pub agent_version: String,
     /// The node name the agent believes it is (must match its certificate).
     pub node: String,
+    /// Random, chosen once per agent process: a reconnect keeps it, a
+    /// second process with the same key (a cloned VM) has another, so the
+    /// controller can tell "two processes take turns" from "one process
+    /// reconnected". Added in version 2.
+    pub instance: u64,
 }
 
 /// Controller → agent, answer to a valid [`Hello`].

@@ -554,6 +554,7 @@ fn garbage_on_the_wire_closes_only_that_connection() -> Result<()> {
                         protocol_version: vesemir_protocol::PROTOCOL_VERSION,
                         agent_version: "test".into(),
                         node: "rogue".into(),
+                        instance: 1,
                     };
                     send.write_all(&vesemir_protocol::encode(&hello)?).await?;
                     let mut header = [0u8; 4];
