@@ -38,7 +38,7 @@ fn strings(v: &Value) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
-    let hosts = 3;
+    let hosts = 3; // the scripts below say 3 too
     let f = LocalFleet::builder()
         .app_hosts(hosts)
         .haproxy(HaproxyMode::Required)
@@ -92,7 +92,7 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
         .map(|(_, p)| p)
         .with_context(|| format!("no agent process for {stale_host} in {:?}", f.pids()))?;
     kill(Pid::from_raw(pid), Signal::SIGSTOP)?;
-    let _frozen = Frozen(pid);
+    let frozen = Frozen(pid);
 
     let b = Browser::start(1600, 1100).await?;
     b.goto(&format!("{}/ui", f.url())).await?;
@@ -225,5 +225,59 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
         .json(f.api().req(reqwest::Method::GET, "/v1/deployments"))
         .await?;
     assert_eq!(list["total"], 1, "{list}");
+
+    // A deployment that runs while the page is open: it shows up running,
+    // its log follows live, and it ends succeeded without a reload.
+    drop(frozen);
+    let deadline = std::time::Instant::now() + UI_WAIT;
+    loop {
+        let agents: Vec<Value> = f
+            .api()
+            .json(f.api().req(reqwest::Method::GET, "/v1/agents"))
+            .await?;
+        if agents.iter().all(|a| a["state"] == "connected") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "agents not all connected again: {agents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.click("#plan-close").await?;
+    let cs = f.publish("2.0.0")?;
+    let mut body = f.deploy_request(&cs);
+    // Slow ramp steps, so the page sees it running for a while.
+    body["haproxy"]["sleep_seconds"] = 3.into();
+    let id2 = f.submit(&body).await?;
+    b.wait_for(
+        "the new deployment in the list",
+        UI_WAIT,
+        &format!("return !!document.querySelector('tr.deployment[data-id=\"{id2}\"]')"),
+    )
+    .await?;
+    b.click(&format!("tr.deployment[data-id=\"{id2}\"]"))
+        .await?;
+    b.wait_for(
+        "the running deployment's log to follow live",
+        UI_WAIT,
+        "return document.querySelector('#log-state').textContent === 'live'
+             && document.querySelector('#detail-status').textContent === 'running'
+             && document.querySelectorAll('#log .ll').length > 0",
+    )
+    .await?;
+    let shot = dir.join("dashboard-live.png");
+    b.screenshot(&shot).await?;
+    println!("dashboard live screenshot: {}", shot.display());
+    b.wait_for(
+        "the deployment to end succeeded on the page",
+        Duration::from_secs(90),
+        "return document.querySelector('#detail-status').textContent === 'succeeded'
+             && document.querySelector('#log').innerText.indexOf('end: succeeded') >= 0
+             && document.querySelectorAll('#detail-hosts tbody tr[data-status=\"succeeded\"]').length === 3",
+    )
+    .await?;
+    let d2 = f.wait_deployment(&id2, Duration::from_secs(30)).await?;
+    ensure!(d2["status"] == "succeeded", "{d2:#}");
     Ok(())
 }

@@ -510,6 +510,7 @@ async function startLog(id) {
     const dec = new TextDecoder();
     let buf = "";
     state.textContent = finished ? "" : "live";
+    state.classList.toggle("live", !finished);
     const pre = $("#log");
     for (;;) {
       // The server sends a keepalive every 10 s: 30 s of silence means the
@@ -540,10 +541,12 @@ async function startLog(id) {
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
     state.textContent = log.lines.length ? "" : "no log lines";
+    state.classList.remove("live");
   } catch (e) {
     if (ui.log !== log) return; // replaced or closed
     if (e instanceof Unauthorized) { handleError(e); return; }
     state.textContent = "reconnecting…";
+    state.classList.remove("live");
     setTimeout(() => { if (ui.log === log) startLog(id); }, 3000);
   }
 }
