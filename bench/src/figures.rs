@@ -72,7 +72,21 @@ impl Plan {
 }
 
 /// The groups, in the order `bench/run` runs them.
-pub const GROUPS: &[&str] = &["real", "ansible", "sim-mid", "enroll", "sim-large", "chef"];
+pub const GROUPS: &[&str] = &[
+    "real",
+    "ansible",
+    "sim-mid",
+    "enroll",
+    "sim-large",
+    "chef",
+    "ansible-rolling",
+];
+
+/// Runs of the Ansible rolling playbook: each takes minutes here, so at
+/// most 3 (the report says so).
+pub fn ansible_rolling_runs(plan: &Plan) -> usize {
+    plan.runs.min(3)
+}
 
 /// Min, median and max of some measurements.
 pub fn summary(mut v: Vec<f64>) -> Value {
@@ -98,7 +112,8 @@ pub async fn run_group(group: &str, plan: &Plan, target: &Path) -> Result<Value>
     let load = load_average();
     let mut v = match group {
         "real" => real(plan).await?,
-        "ansible" => ansible(plan).await?,
+        "ansible" => ansible(plan, false).await?,
+        "ansible-rolling" => ansible(plan, true).await?,
         "sim-mid" => sim_mid(plan).await?,
         "enroll" => enroll_storm(plan).await?,
         "sim-large" => sim_large(plan, target).await?,
@@ -423,7 +438,7 @@ if out.strip():
 "#;
 
 /// Ansible over SSH: the ad-hoc no-op and the rolling playbook.
-async fn ansible(plan: &Plan) -> Result<Value> {
+async fn ansible(plan: &Plan, rolling_only: bool) -> Result<Value> {
     let n = plan.real;
     let names: Vec<String> = hosts("web", n, "app:web")
         .into_iter()
@@ -444,7 +459,7 @@ async fn ansible(plan: &Plan) -> Result<Value> {
         .to_string();
 
     let mut adhoc = Vec::new();
-    for run in 0..plan.runs {
+    for run in 0..if rolling_only { 0 } else { plan.runs } {
         let mut cmd = ansible_cmd(&ssh, "ansible", run)?;
         cmd.args(["web", "-m", "command", "-a", "true", "-f", "50"]);
         let t = Instant::now();
@@ -474,7 +489,7 @@ async fn ansible(plan: &Plan) -> Result<Value> {
         ),
     )?;
     let mut rolling = Vec::new();
-    for run in 0..plan.runs {
+    for run in 0..if rolling_only { ansible_rolling_runs(plan) } else { 0 } {
         let mut cmd = ansible_cmd(&ssh, "ansible-playbook", 100 + run)?;
         cmd.args(["-f", "50"]).arg(&playbook);
         let t = Instant::now();
@@ -773,9 +788,12 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
     // are back in the controller's count.
     let mut back = Vec::new();
     let mut errors = Vec::new();
+    let mut lost = Vec::new();
+    let initial_errors: Vec<String> = fleet.stats.errors.lock().expect("errors").drain(..).collect();
     let mut crashed = false;
     for _ in 0..plan.runs {
         let e0 = fleet.stats.connection_errors.load(Ordering::Relaxed);
+        let l0 = fleet.stats.sessions_lost.load(Ordering::Relaxed);
         fleet.stats.max_backoff_ms.store(0, Ordering::Relaxed);
         if let Some(mut p) = ctl.proc.take() {
             p.kill9();
@@ -795,6 +813,7 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
         }
         back.push(secs(t.elapsed()));
         errors.push((fleet.stats.connection_errors.load(Ordering::Relaxed) - e0) as f64);
+        lost.push((fleet.stats.sessions_lost.load(Ordering::Relaxed) - l0) as f64);
         if let Some(p) = ctl.proc.as_mut() {
             crashed |= !p.is_running();
         }
@@ -816,6 +835,9 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
         "fanout_s": summary(fanout),
         "reconnect_all_back_s": summary(back),
         "reconnect_errors_seen": summary(errors),
+        "reconnect_sessions_lost": summary(lost),
+        "initial_connect_errors": initial_errors.len(),
+        "initial_connect_error_examples": initial_errors.into_iter().take(3).collect::<Vec<_>>(),
         "reconnect_error_examples": sample_errors,
         "reconnect_last_max_backoff_ms": max_backoff,
         "controller_crashed": crashed,

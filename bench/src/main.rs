@@ -17,7 +17,7 @@ use vesemir_controller::inventory::{ChefInventory, Selector};
 use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
 
 const USAGE: &str = "usage: vesemir-bench chef-resolve [--nodes N (10000)] [--parallel P (32)] [--runs R (5)]
-       vesemir-bench run [--quick] [--runs R (5)] [--only GROUP] [--fresh] [--out FILE (bench/RESULTS.md)]";
+       vesemir-bench run [--quick] [--runs R (5)] [--only GROUP] [--fresh] [--report-only] [--out FILE (bench/RESULTS.md)]";
 
 /// `--name value` pairs after the subcommand (no parser crate: keeps the
 /// lock file untouched and the bench small).
@@ -153,6 +153,7 @@ async fn run(args: &[String]) -> Result<()> {
     use vesemir_bench::figures::{result_path, run_group, Plan, GROUPS};
     let mut quick = false;
     let mut fresh = false;
+    let mut report_only = false;
     let mut only: Option<String> = None;
     let mut out = vesemir_bench::harness::bench_dir().join("RESULTS.md");
     let mut i = 0;
@@ -160,6 +161,7 @@ async fn run(args: &[String]) -> Result<()> {
         match args[i].as_str() {
             "--quick" => quick = true,
             "--fresh" => fresh = true,
+            "--report-only" => report_only = true,
             "--runs" => i += 1,
             "--only" => {
                 i += 1;
@@ -189,13 +191,14 @@ async fn run(args: &[String]) -> Result<()> {
     let target = vesemir_tests::fleet::repo().join("target").join("bench");
     let machine_path = target.join(plan.mode).join("machine.json");
     std::fs::create_dir_all(machine_path.parent().expect("dir"))?;
-    if only.is_none() || !machine_path.exists() {
+    if (only.is_none() && !report_only) || !machine_path.exists() {
         std::fs::write(
             &machine_path,
             serde_json::to_string_pretty(&vesemir_bench::report::machine())?,
         )?;
     }
     let groups: Vec<&str> = match &only {
+        _ if report_only => vec![],
         Some(g) => vec![g.as_str()],
         None => GROUPS.to_vec(),
     };

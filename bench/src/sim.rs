@@ -257,8 +257,11 @@ pub struct SimStats {
     pub connected: AtomicUsize,
     /// Welcomed connections made, in total.
     pub connects: AtomicU64,
-    /// Connection attempts that failed or sessions that were lost.
+    /// Connection attempts that failed before the welcome.
     pub connection_errors: AtomicU64,
+    /// Welcomed sessions that ended without being asked to (the controller
+    /// went away: a kill is detected this way once per agent).
+    pub sessions_lost: AtomicU64,
     /// Heartbeats sent.
     pub heartbeats: AtomicU64,
     /// Jobs received.
@@ -280,6 +283,10 @@ pub struct SimStats {
 impl SimStats {
     fn error(&self, e: String) {
         self.connection_errors.fetch_add(1, Ordering::Relaxed);
+        self.note(e);
+    }
+
+    fn note(&self, e: String) {
         let mut v = self.errors.lock().expect("errors lock");
         if v.len() < 64 {
             v.push(e);
@@ -463,7 +470,11 @@ impl SimAgent {
                     d
                 }
                 End::Lost(why) => {
-                    self.stats.error(why);
+                    if welcomed {
+                        self.stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.error(why);
+                    }
                     let d = backoff(self.opts.reconnect_base, self.opts.reconnect_cap, attempt);
                     attempt = attempt.saturating_add(1);
                     d
@@ -624,7 +635,7 @@ impl SimAgent {
                             let id = SimIdentity { name: name.to_string(), cert_pem, key_pem };
                             if let Some(c) = &self.opts.cache {
                                 if let Err(e) = c.store(&id) {
-                                    self.stats.error(format!("cannot cache renewed identity: {e}"));
+                                    self.stats.note(format!("cannot cache renewed identity: {e}"));
                                 }
                             }
                             // Used from the next connection on, as the agent does.
@@ -633,7 +644,7 @@ impl SimAgent {
                         }
                     }
                     Ok(Some(ControllerMessage::RenewRefused { reason })) => {
-                        self.stats.error(format!("renewal refused: {reason}"));
+                        self.stats.note(format!("renewal refused: {reason}"));
                         pending_key = None;
                         renew_at = i64::MAX;
                     }
