@@ -265,3 +265,34 @@ fn systemd_analyze_verify_accepts_both_units() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_bad_notify_socket_is_logged_and_the_controller_serves_anyway() -> Result<()> {
+    let mut c = Controller::init(ControllerOptions::default())?;
+    let mut cmd = Command::new(bin("vesemir-controller"));
+    cmd.args(["serve", "--log-format", "text", "--config"])
+        .arg(c.data_dir.join("controller.toml"))
+        .env("NOTIFY_SOCKET", "relative/notify.sock")
+        .env("RUST_LOG", "info");
+    let log = c.root.path().join("controller-bad-notify.log");
+    c.proc = Some(Proc::spawn("controller", cmd, log)?);
+    let url = format!("{}/readyz", c.url);
+    let proc = c.proc.as_mut().expect("started");
+    vesemir_tests::fleet::wait_for("controller /readyz", Duration::from_secs(20), || {
+        if !proc.is_running() {
+            return Some(Err(anyhow::anyhow!(
+                "controller exited:\n{}",
+                proc.log_text()
+            )));
+        }
+        (http_get_status(&url) == Some(200)).then_some(Ok(()))
+    })??;
+    let text = proc.log_text();
+    assert!(
+        text.contains("not reporting readiness to systemd")
+            && text.contains("relative/notify.sock")
+            && text.contains("neither an absolute path nor @abstract-name"),
+        "the bad NOTIFY_SOCKET is not explained:\n{text}"
+    );
+    Ok(())
+}
