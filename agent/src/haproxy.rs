@@ -527,7 +527,20 @@ impl RuntimeApi {
             });
         }
         let path = &self.socket;
-        let mut stream = match tokio::time::timeout(self.timeout, UnixStream::connect(path)).await {
+        // A full listen backlog answers a Unix-socket connect with EAGAIN at
+        // once (an HAProxy VM serving a hundred hosts in flight gets there):
+        // try again shortly, within the same timeout.
+        let connect = async {
+            loop {
+                match UnixStream::connect(path).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let mut stream = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => {
                 return Err(HaproxyError::Timeout {
                     path: path.clone(),

@@ -155,7 +155,9 @@ pub struct Lb {
 
 /// Starts HAProxy with backend `app` holding `servers`.
 pub fn start_haproxy(servers: &[String]) -> Result<Lb> {
-    let dir = tempfile::Builder::new().prefix("vesemir-bench-lb-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("vesemir-bench-lb-")
+        .tempdir()?;
     let socket = dir.path().join("haproxy.sock");
     let mut cfg = format!(
         "global\n    stats socket {} mode 600 level admin\n    stats timeout 30s\n    maxconn 4000\n\
@@ -489,7 +491,11 @@ async fn ansible(plan: &Plan, rolling_only: bool) -> Result<Value> {
         ),
     )?;
     let mut rolling = Vec::new();
-    for run in 0..if rolling_only { ansible_rolling_runs(plan) } else { 0 } {
+    for run in 0..if rolling_only {
+        ansible_rolling_runs(plan)
+    } else {
+        0
+    } {
         let mut cmd = ansible_cmd(&ssh, "ansible-playbook", 100 + run)?;
         cmd.args(["-f", "50"]).arg(&playbook);
         let t = Instant::now();
@@ -501,7 +507,10 @@ async fn ansible(plan: &Plan, rolling_only: bool) -> Result<Value> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        ensure!(servers_out(&lb.socket)? == 0, "servers left out of rotation");
+        ensure!(
+            servers_out(&lb.socket)? == 0,
+            "servers left out of rotation"
+        );
         rolling.push(secs(took));
     }
     let ideal = n.div_ceil(10) as f64;
@@ -559,7 +568,11 @@ async fn sim_mid(plan: &Plan) -> Result<Value> {
     let ca_pem = std::fs::read_to_string(c.ca())?;
     let token = api.enrollment_token(n).await?;
     let (ids, rep) = enroll_all(c.quic, &ca_pem, &token, &names, 64, None).await?;
-    ensure!(rep.refused.is_empty(), "refused: {:?}", &rep.refused[..rep.refused.len().min(5)]);
+    ensure!(
+        rep.refused.is_empty(),
+        "refused: {:?}",
+        &rep.refused[..rep.refused.len().min(5)]
+    );
     let idle0 = idle_sample(pid, plan).await?;
     let fleet = SimFleet::start(sim_options(&c, &ca_pem, None), ids)?;
     let connect = fleet
@@ -594,7 +607,10 @@ async fn sim_mid(plan: &Plan) -> Result<Value> {
         );
         body["haproxy"] = haproxy_spec();
         let (took, _) = api.deploy_and_wait(body, Duration::from_secs(600)).await?;
-        ensure!(servers_out(&lb.socket)? == 0, "servers left out of rotation");
+        ensure!(
+            servers_out(&lb.socket)? == 0,
+            "servers left out of rotation"
+        );
         max_running = max_running.max(fleet.stats.max_running_jobs.load(Ordering::Relaxed));
         rolling.push(secs(took));
     }
@@ -667,7 +683,12 @@ impl Persistent {
             let out = Command::new(bin("vesemir-controller"))
                 .args(["init", "--data-dir"])
                 .arg(&dir)
-                .args(["--api-listen", "127.0.0.1:1", "--quic-listen", "127.0.0.1:1"])
+                .args([
+                    "--api-listen",
+                    "127.0.0.1:1",
+                    "--quic-listen",
+                    "127.0.0.1:1",
+                ])
                 .output()?;
             ensure!(
                 out.status.success(),
@@ -750,7 +771,10 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
     let mut ctl = Persistent::open(&root, n)?;
     blocking(|| ctl.start())?;
     let ca_pem = std::fs::read_to_string(ctl.dir.join("ca.pem"))?;
-    let names: Vec<String> = hosts("sim", n, "app:sim").into_iter().map(|h| h.name).collect();
+    let names: Vec<String> = hosts("sim", n, "app:sim")
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
     let cache = IdentityCache::new(root.join("identities"));
     let token = ctl.api.enrollment_token(n).await?;
     let (ids, rep) = enroll_all(ctl.quic, &ca_pem, &token, &names, 64, Some(&cache)).await?;
@@ -789,7 +813,13 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
     let mut back = Vec::new();
     let mut errors = Vec::new();
     let mut lost = Vec::new();
-    let initial_errors: Vec<String> = fleet.stats.errors.lock().expect("errors").drain(..).collect();
+    let initial_errors: Vec<String> = fleet
+        .stats
+        .errors
+        .lock()
+        .expect("errors")
+        .drain(..)
+        .collect();
     let mut crashed = false;
     for _ in 0..plan.runs {
         let e0 = fleet.stats.connection_errors.load(Ordering::Relaxed);
@@ -819,7 +849,15 @@ async fn sim_large(plan: &Plan, target: &Path) -> Result<Value> {
         }
     }
     let max_backoff = fleet.stats.max_backoff_ms.load(Ordering::Relaxed);
-    let sample_errors: Vec<String> = fleet.stats.errors.lock().expect("errors").iter().take(5).cloned().collect();
+    let sample_errors: Vec<String> = fleet
+        .stats
+        .errors
+        .lock()
+        .expect("errors")
+        .iter()
+        .take(5)
+        .cloned()
+        .collect();
     fleet.stop().await;
     if let Some(mut p) = ctl.proc.take() {
         let _ = p.terminate(Duration::from_secs(20));

@@ -6,7 +6,7 @@
 //!
 //! The `vesemir-bench` binary runs the figures; `bench/run` is the one
 //! command that writes `bench/RESULTS.md`.
-pub mod harness;
-pub mod sim;
 pub mod figures;
+pub mod harness;
 pub mod report;
+pub mod sim;

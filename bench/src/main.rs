@@ -206,7 +206,10 @@ async fn run(args: &[String]) -> Result<()> {
     for g in groups {
         let path = result_path(&target, &plan, g);
         if path.exists() && !fresh && only.is_none() {
-            println!("== {g}: measured already ({}); --fresh to redo", path.display());
+            println!(
+                "== {g}: measured already ({}); --fresh to redo",
+                path.display()
+            );
             continue;
         }
         println!("== {g} (load {})", vesemir_bench::figures::load_average());
@@ -219,8 +222,13 @@ async fn run(args: &[String]) -> Result<()> {
             }
         }
     }
-    let machine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&machine_path)?)?;
-    let command = if quick { "bench/run --quick" } else { "bench/run" };
+    let machine: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&machine_path)?)?;
+    let command = if quick {
+        "bench/run --quick"
+    } else {
+        "bench/run"
+    };
     std::fs::write(
         &out,
         vesemir_bench::report::render(&target, &plan, &machine, command),

@@ -149,7 +149,10 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
             med(&large["fanout_s"]).map(|x| x < 3.0),
         ),
         (
-            format!("Ansible `-m command -a true`, {} hosts, forks 50", ans["hosts"]),
+            format!(
+                "Ansible `-m command -a true`, {} hosts, forks 50",
+                ans["hosts"]
+            ),
             mmm(&ans["adhoc_s"], 2, " s"),
             "—".into(),
             None,
@@ -257,7 +260,10 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
                 large["agents"].as_f64(),
             ) {
                 (Some(a), Some(b), Some(n)) => {
-                    format!("**{:.1} KiB** ((RSS at N − RSS at 0) / N)", (a - b) * 1024.0 / n)
+                    format!(
+                        "**{:.1} KiB** ((RSS at N − RSS at 0) / N)",
+                        (a - b) * 1024.0 / n
+                    )
                 }
                 _ => "—".into(),
             },
@@ -283,10 +289,7 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
                 .map(|x| x < 30.0 && large["controller_crashed"] == false),
         ),
         (
-            format!(
-                "real agent idle {} s",
-                f(&real["agent_idle_s"], 0)
-            ),
+            format!("real agent idle {} s", f(&real["agent_idle_s"], 0)),
             format!(
                 "RSS {}; CPU {} %",
                 mmm(&real["agent_idle_rss_mib"], 2, " MiB"),
