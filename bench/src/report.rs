@@ -424,6 +424,9 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
         loads(&chef),
         cmd("chef"),
     );
+    if let Ok(fixes) = std::fs::read_to_string(crate::harness::bench_dir().join("fixes.md")) {
+        let _ = writeln!(o, "\n{fixes}");
+    }
     let missing: Vec<&str> = GROUPS
         .iter()
         .copied()
