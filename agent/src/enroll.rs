@@ -60,6 +60,20 @@ pub enum EnrollError {
     Refused(String),
 }
 
+/// Retries when the controller closes the connection before the handshake.
+const ENROLL_RETRIES: u32 = 4;
+
+/// Whether a TLS connect failed because the peer closed the TCP connection
+/// without a TLS answer (not a certificate problem).
+fn closed_early(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Enrolls and writes the agent's files. Returns the path of agent.toml.
 pub async fn enroll(mut opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
     // The controller certifies one spelling per node (`WEB-1.` is `web-1`);
@@ -110,17 +124,39 @@ pub async fn enroll(mut opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
     let server_name = rustls_pki_types::ServerName::try_from(host.clone())
         .map_err(|e| EnrollError::Usage(format!("bad controller host {host:?}: {e}")))?;
     let resp = tokio::time::timeout(Duration::from_secs(20), async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| {
-                connect_err(format!(
-                    "TLS handshake failed ({e}); is --ca-cert the controller's ca.pem?"
-                ))
-            })?;
+        let mut attempt = 0u32;
+        let mut stream = loop {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            match tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(server_name.clone(), tcp)
+                .await
+            {
+                Ok(s) => break s,
+                // Closed before any TLS answer: the controller sheds extra
+                // connections from one address (many VMs behind one NAT
+                // enrolling at once). Try again shortly, with jitter.
+                Err(e) if closed_early(&e) && attempt < ENROLL_RETRIES => {
+                    attempt += 1;
+                    let ms = 250u64 << attempt;
+                    tokio::time::sleep(Duration::from_millis(ms / 2 + rand::random::<u64>() % ms))
+                        .await;
+                }
+                Err(e) if closed_early(&e) => {
+                    return Err(connect_err(format!(
+                        "the controller closed the connection before the TLS handshake, {} times ({e}); \
+                         it sheds connections when one address has too many enrollments in flight: retry in a minute",
+                        attempt + 1
+                    )))
+                }
+                Err(e) => {
+                    return Err(connect_err(format!(
+                        "TLS handshake failed ({e}); is --ca-cert the controller's ca.pem?"
+                    )))
+                }
+            }
+        };
         let req = EnrollRequest {
             protocol_version: PROTOCOL_VERSION,
             token: opts.token.clone(),

@@ -141,3 +141,42 @@ fn a_legitimate_enrollment_completes_while_500_slow_connections_are_held() -> Re
     assert!(c.agent_state("legit-1").is_some());
     Ok(())
 }
+
+/// Many VMs behind one NAT look like one source: when its slots are all
+/// taken, `vesemir-agent enroll` is closed before the handshake, retries
+/// with backoff, and gets through once a slot is free (here: when the
+/// handshake deadline cuts the silent connections holding them).
+#[test]
+fn an_enrollment_shed_by_the_per_source_limit_retries_and_gets_through() -> Result<()> {
+    let mut c = Controller::init(ControllerOptions::default())?;
+    c.start()?;
+    let token = c.enrollment_token(1)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let quic = c.quic;
+    // Take every slot of 127.0.0.1 (the limit is 8; extra ones are closed).
+    let _held = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            held.push(connect_from(Ipv4Addr::LOCALHOST, quic).await?);
+        }
+        anyhow::Ok(held)
+    })?;
+    let t0 = Instant::now();
+    let out = c.enroll("behind-nat-1", &token, &[]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It could only get through after the silent ones were cut (5 s).
+    assert!(took >= Duration::from_secs(4), "took only {took:?}");
+    let log = c.proc.as_ref().expect("started").log_text();
+    assert!(
+        log.contains("too many unfinished enrollment connections from one source"),
+        "{log}"
+    );
+    Ok(())
+}
