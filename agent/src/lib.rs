@@ -15,6 +15,8 @@
 pub mod config;
 pub mod enroll;
 pub mod facts;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod haproxy;
 pub mod identity;
 pub mod jobs;

@@ -19,6 +19,8 @@ pub mod deploy;
 pub mod enroll;
 pub mod events;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inventory;
 pub mod metrics;
 pub mod pki;

@@ -523,11 +523,8 @@ fn slow_playbooks(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Three hosts, one at a time, the first behind a veth that is cut while
-/// its playbook runs. Returns the finished deployment, the partitioned
-/// host's job id and the test's pieces (kept alive by the caller).
-fn partition_mid_job(
-    max_fail_percentage: u32,
-) -> Result<Option<(Value, Controller, Vec<Agent>, Netns, String, Duration)>> {
+/// its playbook runs.
+fn partition_mid_job(max_fail_percentage: u32) -> Result<Option<Partitioned>> {
     let Some(ns) = netns_or_skip("partition_mid_job")? else {
         return Ok(None);
     };
@@ -583,7 +580,27 @@ fn partition_mid_job(
     let cut = Instant::now();
     let d = wait_finished(&c, &id, Duration::from_secs(job_timeout + 60))?;
     let took = cut.elapsed();
-    Ok(Some((d, c, agents, ns, job_id, took)))
+    Ok(Some(Partitioned {
+        d,
+        c,
+        agents,
+        ns,
+        job_id,
+        took,
+    }))
+}
+
+/// What [`partition_mid_job`] leaves for the assertions.
+struct Partitioned {
+    /// The finished deployment.
+    d: Value,
+    c: Controller,
+    agents: Vec<Agent>,
+    ns: Netns,
+    /// part-1's job id.
+    job_id: String,
+    /// From the cut to the deployment's end.
+    took: Duration,
 }
 
 /// After the link is back: the agent reconnects, and the job it ran through
@@ -630,7 +647,15 @@ fn reconnects_and_journal_answers(
 #[test]
 fn partition_mid_job_marks_the_host_unreachable_and_the_deployment_continues_within_max_fail_percentage(
 ) -> Result<()> {
-    let Some((d, c, mut agents, ns, job_id, took)) = partition_mid_job(34)? else {
+    let Some(Partitioned {
+        d,
+        c,
+        mut agents,
+        ns,
+        job_id,
+        took,
+    }) = partition_mid_job(34)?
+    else {
         return Ok(());
     };
     let h = host(&d, "part-1");
@@ -650,7 +675,15 @@ fn partition_mid_job_marks_the_host_unreachable_and_the_deployment_continues_wit
 
 #[test]
 fn partition_mid_job_aborts_the_deployment_at_max_fail_percentage_0() -> Result<()> {
-    let Some((d, c, mut agents, ns, job_id, _)) = partition_mid_job(0)? else {
+    let Some(Partitioned {
+        d,
+        c,
+        mut agents,
+        ns,
+        job_id,
+        ..
+    }) = partition_mid_job(0)?
+    else {
         return Ok(());
     };
     assert_eq!(host(&d, "part-1")["status"], "unreachable", "{d:#}");

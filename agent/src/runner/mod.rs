@@ -30,7 +30,7 @@ use crate::journal::{Claim, Journal};
 
 pub mod cli;
 mod exec;
-mod modules;
+pub(crate) mod modules;
 pub mod playbook;
 
 pub use playbook::Location;

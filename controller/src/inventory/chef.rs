@@ -826,7 +826,7 @@ fn str_list(row: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn host_from_row(row: &Value) -> Option<Host> {
+pub(crate) fn host_from_row(row: &Value) -> Option<Host> {
     let name = str_field(row, "name")?.to_string();
     let ip = str_field(row, "ipaddress");
     let fqdn = str_field(row, "fqdn");

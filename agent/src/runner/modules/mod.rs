@@ -23,7 +23,7 @@ mod files;
 mod net;
 mod process;
 mod systemd;
-mod unarchive;
+pub(crate) mod unarchive;
 
 pub(crate) use process::{run_process, tail, ProcessSpec};
 

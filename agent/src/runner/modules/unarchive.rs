@@ -215,7 +215,12 @@ fn check_links_resolve_inside(root: &Path) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn extract(src: &Path, dest: &Path, strip: usize, force: bool) -> Result<Option<usize>, Refusal> {
+pub(crate) fn extract(
+    src: &Path,
+    dest: &Path,
+    strip: usize,
+    force: bool,
+) -> Result<Option<usize>, Refusal> {
     if dest.is_dir() && !force {
         return Ok(None);
     }
