@@ -249,7 +249,31 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(crate::metrics::track_api))
+
+        .layer(middleware::map_response(json_method_not_allowed))
         .with_state(state)
+}
+
+/// axum answers a wrong method with an empty 405; scripts parse every
+/// error as `{"error": {...}}` (found by the schema fuzzing), so it gets the
+/// JSON error shape too, keeping the `Allow` header.
+async fn json_method_not_allowed(res: Response) -> Response {
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED
+        || res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return res;
+    }
+    let (mut parts, _) = res.into_parts();
+    let (json, body) = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; the Allow header lists those it takes (see /v1/openapi.json)",
+    )
+    .into_response()
+    .into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(json.headers);
+    Response::from_parts(parts, body)
 }
 
 async fn unknown_path() -> ApiError {
