@@ -77,9 +77,13 @@ fn closed_early(e: &std::io::Error) -> bool {
 /// Enrolls and writes the agent's files. Returns the path of agent.toml.
 pub async fn enroll(mut opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
     // The controller certifies one spelling per node (`WEB-1.` is `web-1`);
-    // the name in agent.toml must be the certified one.
-    opts.name = vesemir_protocol::enroll::canonical_node_name(&opts.name)
-        .map_err(|e| EnrollError::Usage(format!("--name: {e}")))?;
+    // the name in agent.toml must be the certified one. A name with no
+    // canonical form goes as given: the controller is the one authority on
+    // names, refuses it with its reason (before using the token) and logs
+    // the attempt.
+    if let Ok(canonical) = vesemir_protocol::enroll::canonical_node_name(&opts.name) {
+        opts.name = canonical;
+    }
     let (host, port) = split_host_port(&opts.controller).ok_or_else(|| {
         EnrollError::Usage(format!(
             "--controller {:?} is not HOST:PORT",
