@@ -757,7 +757,8 @@ async fn resolve_inventory(
         .map_err(|e| inventory_error("selector", e))?;
     let mut hosts = Vec::with_capacity(res.hosts.len());
     for h in res.hosts {
-        let agent = match state.store.get_agent(&h.name).await? {
+        // Chef may spell a node `WEB-1`; its agent enrolled as `web-1`.
+        let agent = match state.store.get_agent(&agent_name(h.name.clone())).await? {
             Some(rec) => serde_json::to_value(state.fleet.view(rec).state).unwrap_or_default(),
             None => serde_json::json!("none"),
         };
