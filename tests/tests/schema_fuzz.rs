@@ -45,6 +45,8 @@ fn run(
         .args(["--request-timeout", "10", "--workers", "2", "--no-color"])
         .args(["--report-dir"])
         .arg(c.root.path().join(format!("report-{label}")))
+        // Its example database and reports go to the temp dir, not the tree.
+        .current_dir(c.root.path())
         .env("SCHEMATHESIS_HOOKS", "vesemir_checks")
         .env("PYTHONPATH", repo().join("tests/schema_fuzz"))
         .env("VESEMIR_SCHEMA_FUZZ_LOG", &log);
