@@ -76,6 +76,7 @@ pub async fn run(
         let delay = match &end {
             SessionEnd::Shutdown => {
                 tracing::info!("stopping");
+                notify.stopping("stopping");
                 return Ok(());
             }
             SessionEnd::Closed(CloseReason::Revoked) | SessionEnd::RefusedRevoked => {
@@ -110,13 +111,16 @@ pub async fn run(
         };
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         notify.ready(&format!(
-            "not connected to {}; retrying in {}s",
+            "not connected to {}; retrying in {:.1}s",
             cfg.controller,
-            delay.as_secs()
+            delay.as_secs_f64()
         ));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                notify.stopping("stopping");
+                return Ok(());
+            }
         }
         // A session that got as far as the welcome resets the backoff.
         if jobs.take_welcomed() {

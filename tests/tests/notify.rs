@@ -174,7 +174,7 @@ fn agent_reports_ready_when_backing_off_and_when_connected_on_an_abstract_socket
         rand::random::<u32>()
     );
     let mut sd = NotifySocket::bind_abstract(&name)?;
-    let _agent = Agent::start_with_env(
+    let mut agent = Agent::start_with_env(
         c.agent_dir("web-1"),
         "web-1",
         &[
@@ -195,6 +195,11 @@ fn agent_reports_ready_when_backing_off_and_when_connected_on_an_abstract_socket
     // Backoff capped at 1s: connected within a few seconds.
     sd.until("READY=1 connected", Duration::from_secs(20), |m| {
         field(m, "STATUS").is_some_and(|s| s.starts_with("connected to"))
+    })?;
+    let st = agent.proc.terminate(Duration::from_secs(15))?;
+    assert!(st.success(), "agent exit: {st:?}");
+    sd.until("STOPPING=1", Duration::from_secs(1), |m| {
+        field(m, "STOPPING") == Some("1")
     })?;
     Ok(())
 }
