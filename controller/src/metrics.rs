@@ -803,6 +803,23 @@ mod tests {
     }
 
     #[test]
+    fn store_errors_are_counted_by_kind() {
+        let m = Metrics::default();
+        m.store_error(&sqlx::Error::PoolTimedOut);
+        m.store_error(&sqlx::Error::RowNotFound);
+        m.store_error(&sqlx::Error::Io(std::io::Error::other("disk")));
+        let t = m.render(&Snapshot::default());
+        for want in [
+            "vesemir_store_errors_total{kind=\"pool_timeout\"} 1",
+            "vesemir_store_errors_total{kind=\"other\"} 1",
+            "vesemir_store_errors_total{kind=\"io\"} 1",
+            "vesemir_store_errors_total{kind=\"database\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == want), "{want} missing in\n{t}");
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

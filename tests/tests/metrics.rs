@@ -4,7 +4,7 @@
 //! deployment's hosts, and its format checked by Debian's `promtool check
 //! metrics`. systemd is not PID 1 here: agents restart the sample apps
 //! through the recording `systemctl` stand-in. The Chef series are checked
-//! against a real goiardi.
+//! against a real goiardi, with a refused enrollment alongside.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
@@ -164,6 +164,11 @@ async fn a_deployment_shows_in_metrics_and_promtool_accepts_the_format() -> Resu
     );
     // Every host's playbook plus the HAProxy jobs went over job streams.
     assert!(value(&s, "vesemir_job_streams_total")? >= 2.0 * n);
+    assert_eq!(
+        value(&s, "vesemir_job_streams_open")?,
+        0.0,
+        "every job stream of the finished deployment was closed"
+    );
     assert_eq!(value(&s, "vesemir_deployments_running")?, 0.0);
     // The fleet: the app hosts and lb-1, enrolled and connected.
     assert_eq!(value(&s, "vesemir_agents{state=\"connected\"}")?, n + 1.0);
@@ -236,6 +241,10 @@ fn chef_requests_are_timed_and_their_errors_counted() -> Result<()> {
     ));
     std::fs::write(&cfg, text)?;
     c.start()?;
+    // An enrollment with a token the controller never issued is refused.
+    let made_up = format!("vsm_enr_{}", "0".repeat(48));
+    let out = c.enroll("intruder", &made_up, &[]);
+    assert!(!out.status.success(), "a made-up token enrolled");
     rt.block_on(chef_checks(&g, &c))
 }
 
@@ -269,6 +278,14 @@ async fn chef_checks(g: &Goiardi, c: &Controller) -> Result<()> {
     assert_eq!(
         value(&s, "vesemir_chef_request_errors_total{kind=\"timeout\"}")?,
         1.0
+    );
+    assert_eq!(
+        value(&s, "vesemir_enrollments_total{result=\"refused\"}")?,
+        1.0
+    );
+    assert_eq!(
+        value(&s, "vesemir_enrollments_total{result=\"enrolled\"}")?,
+        0.0
     );
     assert_eq!(
         value(
