@@ -138,6 +138,35 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
         .eval("return document.querySelectorAll('#agents td.version.off').length")
         .await?;
     assert_eq!(off, 0);
+    // Every real agent runs this very build, so the highlight of another
+    // version is checked on the page's own rendering: lb-1's reported
+    // version is changed in the page's state (not on the wire), then the
+    // next refresh puts it back.
+    let off = b
+        .eval(
+            "ui.agents.find(a => a.name === 'lb-1').version = '0.0.1-old'; renderAgents();
+             return [...document.querySelectorAll('#agents td.version.off')].map(td => td.closest('tr').dataset.name)
+                 .concat([document.querySelector('#fleet-pills .pill.warn').textContent]);",
+        )
+        .await?;
+    assert_eq!(off, serde_json::json!(["lb-1", "1 other version"]));
+    b.wait_for(
+        "the next refresh to show lb-1's real version",
+        UI_WAIT,
+        "return document.querySelectorAll('#agents td.version.off').length === 0",
+    )
+    .await?;
+    // Sorting by name, descending: the stale agent stays pinned on top.
+    b.click("#agents th[data-key=\"name\"]").await?;
+    b.click("#agents th[data-key=\"name\"]").await?;
+    let order = b
+        .eval("return [...document.querySelectorAll('#agents tbody tr[data-name]')].map(r => r.dataset.name)")
+        .await?;
+    assert_eq!(
+        order,
+        serde_json::json!([stale_host, "lb-1", "app-2", "app-1"]),
+        "stale first, then by name descending"
+    );
     // The filter narrows the table.
     b.type_into("#agent-filter", "lb-").await?;
     b.wait_for(
