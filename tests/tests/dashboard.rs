@@ -19,6 +19,21 @@ use vesemir_tests::browser::{artifacts_dir, Browser};
 
 const UI_WAIT: Duration = Duration::from_secs(20);
 
+/// Text of the page's data parts (not the log, whose lines are the agents'),
+/// which must never show a JavaScript placeholder.
+const NO_PLACEHOLDERS: &str = "return ['#fleet-pills', '#agents', '#deployments', '#detail-facts', '#detail-hosts', '#detail-actions', '#plan-result']
+    .map(s => document.querySelector(s)).filter(Boolean).map(e => e.innerText).join('\\n')
+    .split('\\n').filter(l => /\\b(null|undefined|NaN)\\b|\\[object /.test(l));";
+
+async fn no_placeholders(b: &Browser) -> Result<()> {
+    let bad = b.eval(NO_PLACEHOLDERS).await?;
+    ensure!(
+        bad == serde_json::json!([]),
+        "placeholders on the page: {bad}"
+    );
+    Ok(())
+}
+
 /// Resumes a SIGSTOPped process even when the test fails half-way.
 struct Frozen(i32);
 
@@ -214,6 +229,7 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
     );
     // Let the "last seen" of the frozen agent age a little, then keep the picture.
     let dir = artifacts_dir()?;
+    no_placeholders(&b).await?;
     let shot = dir.join("dashboard.png");
     b.screenshot(&shot).await?;
     println!("dashboard screenshot: {}", shot.display());
@@ -245,6 +261,7 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
         problems.as_str().unwrap_or_default().contains(stale_host),
         "{problems}"
     );
+    no_placeholders(&b).await?;
     let shot = dir.join("dashboard-plan.png");
     b.screenshot(&shot).await?;
     println!("dashboard plan screenshot: {}", shot.display());
@@ -295,6 +312,7 @@ async fn dashboard_shows_the_fleet_and_a_finished_deployment() -> Result<()> {
              && document.querySelectorAll('#log .ll').length > 0",
     )
     .await?;
+    no_placeholders(&b).await?;
     let shot = dir.join("dashboard-live.png");
     b.screenshot(&shot).await?;
     println!("dashboard live screenshot: {}", shot.display());

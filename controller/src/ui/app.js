@@ -12,6 +12,8 @@ const DETAIL_REFRESH_MS = 2000;
 const REQUEST_TIMEOUT_MS = 10000;
 /** Most log lines kept in the page; older ones are dropped (bounded memory). */
 const MAX_LOG_LINES = 5000;
+/** Most agent rows drawn at once; the filter narrows a bigger fleet. */
+const MAX_AGENT_ROWS = 1000;
 const FINAL = new Set(["succeeded", "failed", "aborted", "cancelled"]);
 /** Sort order of agent states: problems first. */
 const STATE_ORDER = { stale: 0, disconnected: 1, connected: 2, revoked: 3 };
@@ -267,6 +269,10 @@ function renderAgents() {
     ...Object.keys(counts).map((s) =>
       el("button", { class: `chip${ui.stateFilter.has(s) ? " on" : ""}`, onclick: () => toggleState(s) }, s)));
 
+  // The tab title says what needs a look, for a page kept open all day.
+  const trouble = [counts.stale && `${counts.stale} stale`, counts.disconnected && `${counts.disconnected} disconnected`].filter(Boolean);
+  document.title = `${trouble.length ? `(${trouble.join(", ")}) ` : ""}vesemir · fleet`;
+
   const rows = sortedAgents();
   $("#agents-count").textContent = rows.length === ui.agents.length
     ? `${ui.agents.length} enrolled`
@@ -276,7 +282,8 @@ function renderAgents() {
     tbody.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "empty" },
       ui.agents.length ? "no agent matches the filter" : "no agent enrolled yet: `vesemir tokens create`, then `vesemir-agent enroll` on the VM")));
   } else {
-    tbody.replaceChildren(...rows.map((r) => {
+    const more = rows.length - MAX_AGENT_ROWS;
+    tbody.replaceChildren(...rows.slice(0, MAX_AGENT_ROWS).map((r) => {
       const a = r.a, f = a.facts || {};
       const off = r.version && r.version !== CONTROLLER_VERSION;
       const load = f.load ? f.load.map((x) => x.toFixed(2)).join(" ") : "";
@@ -291,6 +298,7 @@ function renderAgents() {
         el("td", { class: "num", title: (f.running_jobs || []).join("\n") || null }, r.jobs || ""),
         el("td", { class: "muted small os" }, r.os));
     }));
+    if (more > 0) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "empty" }, `${more} more: filter to narrow`)));
   }
   for (const th of document.querySelectorAll("#agents th")) {
     th.classList.toggle("sorted", th.dataset.key === ui.sort.key);
@@ -591,7 +599,7 @@ async function runPlan() {
   }
   const problems = p.problems || [];
   const hp = p.haproxy;
-  out.replaceChildren(
+  out.replaceChildren(...[
     el("div", { class: "facts" },
       el("div", { class: "fact" }, el("span", { class: "k" }, "hosts"), el("span", { class: "v" }, p.hosts.length)),
       el("div", { class: "fact" }, el("span", { class: "k" }, "concurrency"), el("span", { class: "v" }, p.concurrency)),
@@ -615,7 +623,7 @@ async function runPlan() {
       el("tbody", {}, ...hp.vms.map((v) => el("tr", {},
         el("td", { class: "name" }, v.name), el("td", {}, el("span", { class: `dot s-${v.agent}` }), v.agent),
         el("td", { class: "mono small" }, (v.servers || []).join(", ")))))) : null,
-  );
+  ].filter(Boolean));
 }
 
 // ---- refresh loop -------------------------------------------------------
