@@ -107,7 +107,14 @@ async fn a_deployment_shows_in_metrics_and_promtool_accepts_the_format() -> Resu
     let unauth = http.get(format!("{}/v1/agents", f.url())).send().await?;
     assert_eq!(unauth.status(), 401);
 
+    let started = std::time::Instant::now();
     let text = scrape(f.url()).await?;
+    println!(
+        "/metrics after one deployment: {} bytes, {} lines, scraped in {:?}",
+        text.len(),
+        text.lines().count(),
+        started.elapsed()
+    );
     let s = samples(&text);
     let n = hosts as f64;
     // The deployment and each of its hosts.
