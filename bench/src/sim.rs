@@ -549,6 +549,7 @@ impl SimAgent {
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: SIM_VERSION.to_string(),
                 node: name.clone(),
+                instance: instance_of(&name),
             };
             write_frame(&mut send, &hello)
                 .await
@@ -733,10 +734,21 @@ pub fn work_of(kind: &JobKind) -> SimWork {
         JobKind::Haproxy(_) => {
             SimWork::Refuse("simulated agent: no haproxy_socket (it runs no HAProxy)".into())
         }
-        JobKind::Outcome | JobKind::Cancel => {
+        JobKind::Outcome | JobKind::Cancel | JobKind::Attach => {
             SimWork::Refuse("not a job that runs (outcome/cancel)".into())
         }
     }
+}
+
+/// A simulated agent's [`Hello::instance`]: one per agent and simulator
+/// process, kept across its reconnects (as a real agent process keeps its
+/// own), so the controller sees reconnects, not two processes.
+fn instance_of(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::process::id().hash(&mut h);
+    name.hash(&mut h);
+    h.finish()
 }
 
 struct SimJob {

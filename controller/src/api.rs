@@ -249,7 +249,6 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(crate::metrics::track_api))
-
         .layer(middleware::map_response(json_method_not_allowed))
         .with_state(state)
 }
