@@ -358,7 +358,7 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
          delegated to `lb` (a 15-line python3 client of the admin socket, since `community.general` \
          is not part of ansible-core), `command: sleep 1`, then `state ready` delegated to `lb`, \
          against a real HAProxy holding the {} servers. The rolling playbook is group \
-         `ansible-rolling` ({}; {}), run at most 3 times because each run takes minutes here.\n",
+         `ansible-rolling` ({}; {}), run at most 2 times because each run takes minutes here.\n",
         ans["hosts"],
         loads(&ans),
         cmd("ansible"),
