@@ -250,7 +250,7 @@ impl Jobs {
     }
 
     fn runner_config(&self) -> crate::runner::RunnerConfig {
-        let facts = crate::facts::collect(&self.cfg.data_dir, Vec::new());
+        let facts = crate::facts::collect(&self.cfg.data_dir, &self.cfg.playbook_dir, Vec::new());
         crate::runner::RunnerConfig {
             playbook_dir: self.cfg.playbook_dir.clone(),
             systemctl: self.cfg.systemctl.clone(),

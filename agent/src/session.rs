@@ -296,7 +296,7 @@ async fn serve_connection(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let facts = crate::facts::collect(&cfg.data_dir, jobs.running());
+                let facts = crate::facts::collect(&cfg.data_dir, &cfg.playbook_dir, jobs.running());
                 if let Err(e) = write_frame(&mut send, &AgentMessage::Heartbeat(facts)).await {
                     return conn.close_reason().map(|e| end_of(&e)).unwrap_or(SessionEnd::Lost(e.to_string()));
                 }

@@ -74,7 +74,9 @@ fn check_reports_file_line_column() {
     let (code, _, err) = run(&["check", p]);
     assert_eq!(code, 64);
     assert!(
-        err.contains(&format!("{p}:3:5: task 1 (x): unknown module `frob`")),
+        err.contains(&format!(
+            "{p}:3:5: task 1 (x): unknown or unsupported module `frob`"
+        )),
         "{err}"
     );
     let (code, _, err) = run(&["run", p]);

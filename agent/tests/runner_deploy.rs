@@ -53,6 +53,7 @@ impl Site {
             version: version.into(),
             url: self.server.url(&path),
             sha256: sha256_hex(&tgz),
+            playbook: None,
         }
     }
 
@@ -238,13 +239,14 @@ async fn an_archive_that_unpacks_nothing_fails_the_deploy() {
         version: "2.0.0".into(),
         url: site.server.url("/artifacts/empty.tar.gz"),
         sha256: sha256_hex(&empty),
+        playbook: None,
     };
     let (o, events) = site.run("d2", "deploy.yml", Some(cs)).await;
     assert_eq!(o.status, JobStatus::Failed);
-    assert_eq!(failed_task(&events).as_deref(), Some("shell"));
+    assert_eq!(failed_task(&events).as_deref(), Some("assert"));
     assert!(
         events.iter().any(|e| matches!(e, JobEvent::TaskResult(r)
-            if r.stderr_tail.contains("nothing was unpacked"))),
+            if r.msg.contains("nothing was unpacked"))),
         "{events:?}"
     );
     assert_eq!(site.current(), site.base().join("releases/1.0.0"));
@@ -295,6 +297,7 @@ fn shipped_playbooks_check() {
         version: "1".into(),
         url: "http://h/a.tgz".into(),
         sha256: "0".repeat(64),
+        playbook: None,
     };
     check_playbook(&p, &full, Some(&cs), &cfg).unwrap();
     assert!(Path::new(&playbooks_dir().join("README.md")).exists());

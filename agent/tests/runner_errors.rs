@@ -52,7 +52,7 @@ async fn broken_yaml() {
 async fn unknown_module() {
     check(
         "name: x\ntasks:\n  - name: touch\n    command: touch MARKER\n\n  - name: nope\n    coppy:\n      dest: /tmp/x\n",
-        "{}:7:5: task 2 (nope): unknown module `coppy`; known modules: command, shell, get_url, unarchive, copy, template, file, systemd, wait_for, http_check, pause",
+        "{}:7:5: task 2 (nope): unknown or unsupported module `coppy`; known modules: command, shell, get_url, unarchive, copy, template, file, lineinfile, stat, systemd, service, wait_for, uri, http_check, debug, set_fact, assert, fail, pause",
     )
     .await;
 }

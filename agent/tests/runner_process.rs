@@ -161,7 +161,7 @@ async fn retries_changed_when_failed_when_ignore_errors() {
     let pb = write_pb(
         tmp.path(),
         &format!(
-            "tasks:\n  - name: flaky\n    shell: echo x >> {c}; test $(wc -l < {c}) -ge 3\n    retries: 5\n    delay: 10ms\n  - name: quiet\n    command: echo hello\n    register: q\n    changed_when: false\n    failed_when: \"'hello' not in q.stdout\"\n  - name: boom\n    command: 'false'\n    ignore_errors: true\n  - name: uses\n    shell: test \"{{{{ q.stdout }}}}\" = hello\n",
+            "tasks:\n  - name: flaky\n    shell: echo x >> {c}; test $(wc -l < {c}) -ge 3\n    register: flaky\n    until: flaky is succeeded\n    retries: 5\n    delay: 10ms\n  - name: quiet\n    command: echo hello\n    register: q\n    changed_when: false\n    failed_when: \"'hello' not in q.stdout\"\n  - name: boom\n    command: 'false'\n    ignore_errors: true\n  - name: uses\n    shell: test \"{{{{ q.stdout }}}}\" = hello\n",
             c = count.display()
         ),
     );
@@ -185,5 +185,6 @@ async fn retries_changed_when_failed_when_ignore_errors() {
             TaskStatus::Changed
         ]
     );
-    assert_eq!((o.stats.ok, o.stats.changed, o.stats.failed), (4, 2, 0));
+    // As Ansible: the ignored failure of a command that ran counts changed too.
+    assert_eq!((o.stats.ok, o.stats.changed, o.stats.failed), (4, 3, 0));
 }

@@ -494,6 +494,10 @@ pub struct ChangesetBody {
     pub url: String,
     /// SHA-256 of the artifact, hex.
     pub sha256: String,
+    /// A playbook inside the artifact to run instead of a named one
+    /// (`deploy/vesemir.yml`): one safe relative path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
 }
 
 /// Checks a playbook name: a plain file name of a shipped playbook.
@@ -524,6 +528,15 @@ pub fn check_changeset(c: &ChangesetBody) -> Result<(), (&'static str, String)> 
             "changeset.sha256",
             "must be the artifact's SHA-256 as 64 hex digits".into(),
         ));
+    }
+    if let Some(p) = &c.playbook {
+        if !vesemir_protocol::job::is_playbook_path(p) {
+            return Err((
+                "changeset.playbook",
+                "must be a relative path inside the archive to a .yml/.yaml file, like                  deploy/vesemir.yml (parts of letters, digits, '-', '_', '.', '+', none                  starting with '.', no '..')"
+                    .into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -577,6 +590,7 @@ async fn run_on_agent(
                 version: c.version,
                 url: c.url,
                 sha256: c.sha256,
+                playbook: c.playbook,
             }),
         }),
     };
@@ -780,6 +794,7 @@ mod tests {
             version: v.into(),
             url: "http://x/a.tgz".into(),
             sha256: "a".repeat(64),
+            playbook: None,
         };
         for bad in ["..", ".", ".hidden", "a/b", ""] {
             let e = super::check_changeset(&c(bad)).unwrap_err();

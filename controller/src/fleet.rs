@@ -647,6 +647,7 @@ pub fn facts_json(f: &Facts) -> serde_json::Value {
         "load": f.load,
         "disk_free_bytes": f.disk_free_bytes,
         "running_jobs": f.running_jobs,
+        "playbooks": f.playbooks,
     })
 }
 

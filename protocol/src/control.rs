@@ -24,6 +24,19 @@ pub struct Facts {
     pub disk_free_bytes: u64,
     /// Ids of the jobs running now.
     pub running_jobs: Vec<String>,
+    /// The playbooks in the agent's playbook directory, by name, so the
+    /// controller can check a request's `playbook` against the hosts of a
+    /// plan and show drift (the same name with different contents).
+    pub playbooks: Vec<PlaybookInfo>,
+}
+
+/// One playbook an agent has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PlaybookInfo {
+    /// File name in the playbook directory, e.g. `deploy.yml`.
+    pub name: String,
+    /// SHA-256 of its contents, hex.
+    pub sha256: String,
 }
 
 /// Agent → controller on the control stream.

@@ -168,6 +168,10 @@ mod tests {
             load: [0.5, 0.25, 0.125],
             disk_free_bytes: 1 << 30,
             running_jobs: vec!["j1".into()],
+            playbooks: vec![crate::control::PlaybookInfo {
+                name: "deploy.yml".into(),
+                sha256: "ab".repeat(32),
+            }],
         }
     }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump on any incompatible change.
 ///
-/// - 2: `JobKind::Attach` (follow a running job by id), `Hello::instance`.
+/// - 2: `JobKind::Attach` (follow a running job by id), `Hello::instance`,
+///   `Facts::playbooks`, `Changeset::playbook`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Agent → controller, first frame on the control stream.

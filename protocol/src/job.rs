@@ -26,6 +26,12 @@ pub struct Changeset {
     pub url: String,
     /// Expected SHA-256 of the artifact, hex.
     pub sha256: String,
+    /// A playbook carried in the artifact (a safe relative path inside it,
+    /// like CodeDeploy's appspec): the agent verifies the artifact's
+    /// checksum, extracts it into a private temporary directory and runs
+    /// this file instead of one from its playbook directory.
+    #[serde(default)]
+    pub playbook: Option<String>,
 }
 
 /// A playbook run.
@@ -265,6 +271,7 @@ mod tests {
                     version: "2".into(),
                     url: "http://x/a.tgz".into(),
                     sha256: "00".into(),
+                    playbook: None,
                 }),
             }),
         };
@@ -303,6 +310,16 @@ pub fn is_one_path_component(s: &str) -> bool {
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+}
+
+/// Whether `p` is a safe relative path inside an archive: 1-256 bytes of
+/// `/`-separated [`is_one_path_component`]s (so no `..`, no hidden parts,
+/// not absolute), naming a `.yml`/`.yaml` file. Used for a changeset's
+/// `playbook`, checked by the controller and again by the agent.
+pub fn is_playbook_path(p: &str) -> bool {
+    p.len() <= 256
+        && (p.ends_with(".yml") || p.ends_with(".yaml"))
+        && p.split('/').all(is_one_path_component)
 }
 
 /// Whether a request value could climb out of the directory a playbook

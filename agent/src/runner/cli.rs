@@ -120,6 +120,7 @@ pub async fn main(cmd: PlaybookCommand) -> ExitCode {
                         version,
                         url,
                         sha256,
+                        playbook: None,
                     }),
                     _ => return usage(
                         "give all of --changeset-url, --changeset-sha256 and --changeset-version",

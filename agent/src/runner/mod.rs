@@ -28,6 +28,7 @@ use vesemir_protocol::job::{Changeset, JobEvent, JobOutcome, JobStatus, Playbook
 
 use crate::journal::{Claim, Journal};
 
+mod ansible_jinja;
 pub mod cli;
 mod exec;
 pub(crate) mod modules;
@@ -190,7 +191,17 @@ pub async fn run_job(
     if let Some(rec) = journal.get(job_id) {
         return replay(&events, job_id, rec.reported_outcome()).await;
     }
-    let path = match resolve_playbook(cfg, &job.playbook) {
+    let carried = job.changeset.as_ref().and_then(|c| c.playbook.as_ref());
+    let path = match carried.map_or_else(
+        || resolve_playbook(cfg, &job.playbook),
+        |p| {
+            if vesemir_protocol::job::is_playbook_path(p) {
+                Ok(PathBuf::new())
+            } else {
+                Err(PlaybookError::BadName(p.clone()))
+            }
+        },
+    ) {
         Ok(p) => p,
         Err(e) => {
             let _ = events
@@ -219,11 +230,120 @@ pub async fn run_job(
             return o;
         }
     }
+    // A changeset-carried playbook: verify the artifact, extract it into a
+    // private temporary directory (removed when the job ends), run it there.
+    let mut _unpacked = None;
+    let path = match job.changeset.as_ref().filter(|c| c.playbook.is_some()) {
+        None => path,
+        Some(cs) => match changeset_playbook(cs).await {
+            Ok((dir, p)) => {
+                _unpacked = Some(dir);
+                p
+            }
+            Err(e) => {
+                let _ = events
+                    .send(JobEvent::Started {
+                        job_id: job_id.to_string(),
+                        replay: false,
+                    })
+                    .await;
+                let o = failed_outcome(job_id, e);
+                let _ = events.send(JobEvent::Finished(o.clone())).await;
+                if let Err(e) = journal.finish(&o) {
+                    tracing::error!(job_id, error = %e, "could not record the job's outcome");
+                }
+                return o;
+            }
+        },
+    };
     let outcome = run_playbook_file(cfg, &path, job_id, job, events, cancel).await;
     if let Err(e) = journal.finish(&outcome) {
         tracing::error!(job_id, error = %e, "could not record the job's outcome");
     }
     outcome
+}
+
+/// Largest changeset artifact the agent downloads to read its playbook.
+const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
+/// Downloads the changeset's artifact into a private temporary directory,
+/// verifies its sha256 *before* reading anything from it, extracts it there
+/// (with `unarchive`'s refusals) and returns the directory with the path of
+/// the playbook it carries.
+async fn changeset_playbook(cs: &Changeset) -> Result<(tempfile::TempDir, PathBuf), String> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use std::io::Write;
+    let rel = cs.playbook.as_deref().unwrap_or_default();
+    if !vesemir_protocol::job::is_playbook_path(rel) {
+        return Err(format!(
+            "changeset playbook {rel:?} is not a safe relative path to a .yml file"
+        ));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("vesemir-changeset-")
+        .tempdir()
+        .map_err(|e| format!("private temporary directory: {e}"))?;
+    let shown = modules::redact_url(&cs.url);
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let resp = http
+        .get(&cs.url)
+        .send()
+        .await
+        .map_err(|e| format!("downloading the changeset {shown}: {}", e.without_url()))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "downloading the changeset {shown}: HTTP {}",
+            resp.status()
+        ));
+    }
+    let archive = dir.path().join("artifact.tar.gz");
+    let mut file =
+        std::fs::File::create(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| format!("downloading the changeset {shown}: {}", e.without_url()))?;
+        size += chunk.len() as u64;
+        if size > MAX_ARTIFACT_BYTES {
+            return Err(format!(
+                "the changeset {shown} is larger than {MAX_ARTIFACT_BYTES} bytes"
+            ));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(|e| format!("{}: {e}", archive.display()))?;
+    }
+    let got = hex::encode(hasher.finalize());
+    if !got.eq_ignore_ascii_case(&cs.sha256) {
+        return Err(format!(
+            "checksum mismatch for the changeset {shown}: expected sha256 {}, got {got}; nothing was run",
+            cs.sha256
+        ));
+    }
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).map_err(|e| format!("{}: {e}", tree.display()))?;
+    let (a, t) = (archive.clone(), tree.clone());
+    tokio::task::spawn_blocking(move || modules::unpack_into(&a, &t, 0))
+        .await
+        .map_err(|e| format!("unpacking: {e}"))?
+        .map_err(|e| format!("the changeset archive was refused: {e}"))?;
+    let pb = tree.join(rel);
+    let meta = std::fs::symlink_metadata(&pb).map_err(|_| {
+        format!("the changeset archive has no playbook `{rel}` (changeset.playbook names a file inside the archive)")
+    })?;
+    if !meta.is_file() {
+        return Err(format!(
+            "`{rel}` in the changeset archive is not a regular file"
+        ));
+    }
+    Ok((dir, pb))
 }
 
 /// Basic facts about this host (hostname, OS, architecture), for `facts`.

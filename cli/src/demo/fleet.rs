@@ -83,6 +83,8 @@ pub struct LocalFleetBuilder {
     heartbeat_secs: u32,
     /// Print each step on stderr.
     verbose: bool,
+    /// Give each app host its own playbook directory (`<host>/playbooks`).
+    playbooks_per_host: bool,
 }
 
 impl Default for LocalFleetBuilder {
@@ -95,6 +97,7 @@ impl Default for LocalFleetBuilder {
             bin_dir: None,
             heartbeat_secs: 2,
             verbose: false,
+            playbooks_per_host: false,
         }
     }
 }
@@ -133,6 +136,14 @@ impl LocalFleetBuilder {
     /// Print each step on stderr.
     pub fn verbose(mut self, verbose: bool) -> Self {
         self.verbose = verbose;
+        self
+    }
+
+    /// Each app host gets its own playbook directory, `<host dir>/playbooks`
+    /// (with the shipped playbooks), instead of one shared by all, so tests
+    /// can give hosts different playbooks.
+    pub fn playbooks_per_host(mut self, yes: bool) -> Self {
+        self.playbooks_per_host = yes;
         self
     }
 
@@ -192,6 +203,7 @@ impl LocalFleetBuilder {
             dir,
             verbose: self.verbose,
             stopped: false,
+            playbooks_per_host: self.playbooks_per_host,
         };
         fleet
             .build(self.app_hosts, self.heartbeat_secs, want_haproxy)
@@ -309,6 +321,8 @@ pub struct LocalFleet {
     verbose: bool,
     /// Set by shutdown so it runs once.
     stopped: bool,
+    /// App hosts have their own playbook directories (`<host>/playbooks`).
+    playbooks_per_host: bool,
 }
 
 impl LocalFleet {
@@ -414,6 +428,9 @@ impl LocalFleet {
             std::fs::create_dir_all(host.units_dir())?;
             std::fs::create_dir_all(host.base_dir())?;
             write_unit(&host, &self.bins.sample_app)?;
+            if self.playbooks_per_host {
+                write_playbooks(&host.dir.join("playbooks"))?;
+            }
             let host_vars = [
                 ("health_url", host.url("/health")),
                 ("base_dir", host.base_dir().display().to_string()),
@@ -450,7 +467,12 @@ impl LocalFleet {
         host_vars: &[(&str, String)],
     ) -> Result<()> {
         // Written by `start`: the shipped playbooks and the systemctl stand-in.
-        let playbooks = self.dir.join("playbooks");
+        let own = host_dir.join("playbooks");
+        let playbooks = if self.playbooks_per_host && own.is_dir() {
+            own
+        } else {
+            self.dir.join("playbooks")
+        };
         let systemctl = self.dir.join("bin").join("systemctl");
         let mut cmd = tokio::process::Command::new(&self.bins.agent);
         cmd.args(["enroll", "--controller", &self.quic, "--token", token])

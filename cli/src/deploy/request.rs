@@ -168,6 +168,10 @@ pub struct RequestFlags {
     /// Changeset SHA-256 (64 hex digits).
     #[arg(long, value_name = "HEX", help_heading = "What")]
     pub changeset_sha256: Option<String>,
+    /// Run the playbook carried in the changeset at this path inside the
+    /// archive (e.g. deploy/vesemir.yml) instead of --playbook.
+    #[arg(long, value_name = "PATH", help_heading = "What")]
+    pub changeset_playbook: Option<String>,
 }
 
 fn kv(flag: &str, list: &[String]) -> Result<BTreeMap<String, String>> {
@@ -300,14 +304,18 @@ pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("--changeset-sha256: expected 64 hex digits, got {s:?}");
             }
-            body.insert(
-                "changeset".into(),
-                json!({"version": v, "url": u, "sha256": s.to_ascii_lowercase()}),
-            );
+            let mut c = json!({"version": v, "url": u, "sha256": s.to_ascii_lowercase()});
+            if let Some(p) = &f.changeset_playbook {
+                c["playbook"] = json!(p);
+            }
+            body.insert("changeset".into(), c);
         }
         _ => bail!(
             "changeset: give all of --changeset-version, --changeset-url and --changeset-sha256, or none"
         ),
+    }
+    if f.changeset_playbook.is_some() && !body.contains_key("changeset") {
+        bail!("--changeset-playbook needs a changeset (--changeset-version, --changeset-url, --changeset-sha256)");
     }
     body.insert("dry_run".into(), json!(dry_run));
     Ok(Value::Object(body))

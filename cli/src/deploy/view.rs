@@ -427,6 +427,44 @@ pub fn plan(p: &Value) -> String {
             .collect();
         out.push_str(&format!("  {}: {}\n", i + 1, names.join(", ")));
     }
+    // The playbook across the hosts: who lacks it, who has another version.
+    let pb = &p["playbook"];
+    if pb.is_object() {
+        let list = |k: &str| -> Vec<String> {
+            pb[k]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|x| match x {
+                    Value::Object(_) => format!(
+                        "{} ({})",
+                        s(&x["host"]),
+                        s(&x["sha256"]).chars().take(12).collect::<String>()
+                    ),
+                    other => s(other).to_string(),
+                })
+                .collect()
+        };
+        out.push_str(&format!(
+            "playbook {}: sha256 {}\n",
+            s(&pb["name"]),
+            pb["sha256"]
+                .as_str()
+                .map(|h| &h[..h.len().min(12)])
+                .unwrap_or("(on no host)")
+        ));
+        for (k, what) in [
+            ("missing", "missing on"),
+            ("drift", "differs on"),
+            ("unknown", "not reported by"),
+        ] {
+            let l = list(k);
+            if !l.is_empty() {
+                out.push_str(&format!("  {what}: {}\n", l.join(", ")));
+            }
+        }
+    }
     let hp = &p["haproxy"];
     if hp.is_object() {
         out.push_str(&format!(
@@ -666,6 +704,19 @@ mod tests {
         }
         let mut ok = p.clone();
         ok["problems"] = json!([]);
+        let mut drift = ok.clone();
+        drift["playbook"] = json!({
+            "name": "deploy.yml", "sha256": "ab".repeat(32),
+            "missing": ["web-3"], "drift": [{"host": "web-2", "sha256": "cd".repeat(32)}],
+            "unknown": []
+        });
+        let text = plan(&drift);
+        assert!(
+            text.contains("playbook deploy.yml: sha256 abababababab"),
+            "{text}"
+        );
+        assert!(text.contains("missing on: web-3"), "{text}");
+        assert!(text.contains("differs on: web-2 (cdcdcdcdcdcd)"), "{text}");
         assert!(plan(&ok).ends_with("no problems found"));
         let empty =
             json!({"hosts": [], "batches": [], "problems": ["no hosts match the selector"]});

@@ -121,6 +121,7 @@ async fn submit(
             "hosts": plan.hosts, "batches": batches(&names, concurrency),
             "haproxy": req.haproxy.as_ref().map(|h| json!({"backend": h.backend, "vms": plan.haproxy_vms})),
             "problems": plan.problems,
+            "playbook": plan.playbook,
         }))
         .into_response());
     }

@@ -23,20 +23,11 @@ pub mod request;
 use crate::fleet::Fleet;
 use crate::inventory::InventorySource;
 use crate::store::{Inserted, NewDeployment, Store, StoreError};
-use request::{DeployRequest, FieldError, PlaybookCatalog};
+use request::{DeployRequest, FieldError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Playbooks the agents ship (what `playbook` may name).
-pub fn default_playbooks() -> Vec<String> {
-    vec![
-        "deploy.yml".into(),
-        "rollback.yml".into(),
-        "restart.yml".into(),
-    ]
-}
 
 /// What submitting a deployment gave.
 #[derive(Debug)]
@@ -70,8 +61,6 @@ pub struct Deployments {
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Bumped whenever log rows are written, so followers wake up.
     pub(crate) log_version: tokio::sync::watch::Sender<u64>,
-    /// Playbooks requests may name.
-    pub playbooks: Vec<String>,
     /// How long to wait for an agent to (re)connect before calling it
     /// unreachable when a deployment resumes.
     pub agent_wait: Duration,
@@ -87,30 +76,12 @@ impl Deployments {
         fleet: Arc<Fleet>,
         inventory: Option<Arc<InventorySource>>,
     ) -> Arc<Deployments> {
-        Deployments::with_playbooks(store, fleet, inventory, &[])
-    }
-
-    /// A new service whose requests may also name `extra` playbooks
-    /// (config `extra_playbooks`).
-    pub fn with_playbooks(
-        store: Store,
-        fleet: Arc<Fleet>,
-        inventory: Option<Arc<InventorySource>>,
-        extra: &[String],
-    ) -> Arc<Deployments> {
-        let mut playbooks = default_playbooks();
-        for p in extra {
-            if !playbooks.contains(p) {
-                playbooks.push(p.clone());
-            }
-        }
         Arc::new(Deployments {
             store,
             fleet,
             inventory,
             running: Mutex::new(HashMap::new()),
             log_version: tokio::sync::watch::channel(0).0,
-            playbooks,
             agent_wait: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
         })
@@ -118,9 +89,29 @@ impl Deployments {
 
     /// Validates the request.
     pub fn validate(&self, req: &DeployRequest) -> Result<(), FieldError> {
-        req.validate(&PlaybookCatalog {
-            known: &self.playbooks,
-        })
+        req.validate()
+    }
+
+    /// Refuses a request naming a playbook that hosts of its plan lack
+    /// (their agents' facts list the playbooks they have). Hosts whose
+    /// agents never reported facts are not judged here: they are reported
+    /// unreachable when the deployment runs. Without an inventory, or when
+    /// the inventory fails, the orchestrator reports the problem instead.
+    pub async fn check_playbook_on_hosts(&self, req: &DeployRequest) -> Result<(), FieldError> {
+        if req.changeset.as_ref().is_some_and(|c| c.playbook.is_some()) || self.inventory.is_none()
+        {
+            return Ok(());
+        }
+        let Ok(plan) = plan::make_plan(self, req, false).await else {
+            return Ok(());
+        };
+        match plan.playbook {
+            Some(c) if !c.missing.is_empty() => Err(FieldError {
+                field: "playbook".into(),
+                message: c.missing_message(&req.playbook),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Validates, stores and starts a deployment.
@@ -131,6 +122,9 @@ impl Deployments {
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, SubmitError> {
         self.validate(req).map_err(SubmitError::Invalid)?;
+        self.check_playbook_on_hosts(req)
+            .await
+            .map_err(SubmitError::Invalid)?;
         let id = uuid::Uuid::now_v7().to_string();
         let request = serde_json::to_string(req).expect("request serializes");
         let inserted = self

@@ -870,6 +870,7 @@ impl HostRun {
                     version: cs.version.clone(),
                     url: cs.url.clone(),
                     sha256: cs.sha256.clone(),
+                    playbook: cs.playbook.clone(),
                 }),
             }),
         };

@@ -32,6 +32,104 @@ pub struct PlannedVm {
     pub servers: Vec<String>,
 }
 
+/// Which hosts of a plan have the request's playbook, from their agents'
+/// facts. Pure: built by [`playbook_coverage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PlaybookCoverage {
+    /// The playbook named by the request.
+    pub name: String,
+    /// Hosts whose agent reported its playbooks without this one.
+    pub missing: Vec<String>,
+    /// Hosts whose copy differs from the most common one (drift).
+    pub drift: Vec<PlaybookDrift>,
+    /// The sha256 most hosts have.
+    pub sha256: Option<String>,
+    /// Hosts whose agent never reported facts (not judged).
+    pub unknown: Vec<String>,
+}
+
+/// A host carrying another version of the playbook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlaybookDrift {
+    /// Node name.
+    pub host: String,
+    /// Its playbook's sha256.
+    pub sha256: String,
+}
+
+impl PlaybookCoverage {
+    /// The 422 message for hosts lacking the playbook.
+    pub fn missing_message(&self, playbook: &str) -> String {
+        format!(
+            "playbook {playbook:?} is not in the playbook directory of {} host(s): {} \
+             (install it there, or carry it in the changeset with changeset.playbook)",
+            self.missing.len(),
+            self.missing.join(", ")
+        )
+    }
+}
+
+/// Compares the playbook `name` across hosts: `hosts` gives each host's
+/// reported playbooks (name, sha256), None when its agent never reported.
+pub fn playbook_coverage(
+    name: &str,
+    hosts: &[(String, Option<Vec<(String, String)>>)],
+) -> PlaybookCoverage {
+    let mut c = PlaybookCoverage {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let mut have: Vec<(&str, &str)> = Vec::new();
+    for (host, books) in hosts {
+        match books {
+            None => c.unknown.push(host.clone()),
+            Some(books) => match books.iter().find(|(n, _)| n == name) {
+                None => c.missing.push(host.clone()),
+                Some((_, sha)) => have.push((host, sha)),
+            },
+        }
+    }
+    // The reference version: the most common sha256 (ties: the smallest,
+    // so the answer does not depend on host order).
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, sha) in &have {
+        *counts.entry(sha).or_default() += 1;
+    }
+    let reference = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(s, _)| s.to_string());
+    if let Some(r) = &reference {
+        for (host, sha) in have {
+            if sha != r {
+                c.drift.push(PlaybookDrift {
+                    host: host.to_string(),
+                    sha256: sha.to_string(),
+                });
+            }
+        }
+    }
+    c.sha256 = reference;
+    c
+}
+
+/// The playbooks an agent last reported, from its facts.
+async fn agent_playbooks(d: &Deployments, name: &str) -> Option<Vec<(String, String)>> {
+    let rec = d.store.get_agent(name).await.ok()??;
+    let facts = d.fleet.view(rec).facts?;
+    let list = facts.get("playbooks")?.as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_string(),
+                    p.get("sha256")?.as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}
+
 /// The plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -45,6 +143,9 @@ pub struct Plan {
     pub haproxy_vms: Vec<PlannedVm>,
     /// Everything that looks wrong.
     pub problems: Vec<String>,
+    /// The request's playbook across the hosts (None when the changeset
+    /// carries its own playbook).
+    pub playbook: Option<PlaybookCoverage>,
 }
 
 /// Why planning failed outright.
@@ -143,6 +244,31 @@ pub async fn make_plan(
             agent,
         });
     }
+    let playbook = if req.changeset.as_ref().is_some_and(|c| c.playbook.is_some()) {
+        None
+    } else {
+        let mut reported = Vec::with_capacity(hosts.len());
+        for h in &hosts {
+            reported.push((h.name.clone(), agent_playbooks(d, &h.name).await));
+        }
+        let c = playbook_coverage(&req.playbook, &reported);
+        if !c.missing.is_empty() {
+            problems.push(c.missing_message(&req.playbook));
+        }
+        if !c.drift.is_empty() {
+            problems.push(format!(
+                "playbook {:?} differs from the most common version (sha256 {}) on: {}",
+                req.playbook,
+                c.sha256.as_deref().unwrap_or("?"),
+                c.drift
+                    .iter()
+                    .map(|x| format!("{} ({})", x.host, &x.sha256[..x.sha256.len().min(12)]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Some(c)
+    };
     let mut haproxy_query = None;
     let mut vms = Vec::new();
     if let Some(hp) = &req.haproxy {
@@ -191,6 +317,7 @@ pub async fn make_plan(
         hosts,
         haproxy_vms: vms,
         problems,
+        playbook,
     })
 }
 
@@ -250,6 +377,55 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
                 .collect()
         })
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, books: Option<&[(&str, &str)]>) -> (String, Option<Vec<(String, String)>>) {
+        (
+            name.to_string(),
+            books.map(|b| {
+                b.iter()
+                    .map(|(n, s)| (n.to_string(), s.to_string()))
+                    .collect()
+            }),
+        )
+    }
+
+    #[test]
+    fn coverage_lists_missing_drift_and_unknown() {
+        let hosts = [
+            host("a", Some(&[("deploy.yml", "11"), ("x.yml", "00")])),
+            host("b", Some(&[("deploy.yml", "11")])),
+            host("c", Some(&[("deploy.yml", "22")])),
+            host("d", Some(&[("x.yml", "00")])),
+            host("e", None),
+        ];
+        let c = playbook_coverage("deploy.yml", &hosts);
+        assert_eq!(c.missing, ["d"]);
+        assert_eq!(c.unknown, ["e"]);
+        assert_eq!(c.sha256.as_deref(), Some("11"));
+        assert_eq!(
+            c.drift,
+            [PlaybookDrift {
+                host: "c".into(),
+                sha256: "22".into()
+            }]
+        );
+        assert!(c.missing_message("deploy.yml").contains("1 host(s): d"));
+        // A tie picks the same reference whatever the order.
+        let tie = [
+            host("a", Some(&[("p.yml", "bb")])),
+            host("b", Some(&[("p.yml", "aa")])),
+        ];
+        let rev = [tie[1].clone(), tie[0].clone()];
+        assert_eq!(
+            playbook_coverage("p.yml", &tie).sha256,
+            playbook_coverage("p.yml", &rev).sha256
+        );
+    }
 }
 
 /// Batches as the sliding window would start them if every host took the

@@ -139,12 +139,6 @@ fn valid_label(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// What the controller knows about the shipped playbooks.
-pub struct PlaybookCatalog<'a> {
-    /// Playbook names the agents ship.
-    pub known: &'a [String],
-}
-
 /// Playbooks that install a changeset and so need one.
 fn needs_changeset(playbook: &str) -> bool {
     playbook == "deploy.yml"
@@ -152,7 +146,9 @@ fn needs_changeset(playbook: &str) -> bool {
 
 impl DeployRequest {
     /// Checks every field; the first problem is returned.
-    pub fn validate(&self, catalog: &PlaybookCatalog) -> Result<(), FieldError> {
+    /// Whether the playbook is on the agents is checked against the plan's
+    /// hosts (their facts list their playbooks), not here.
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (field, v) in [
             ("application", &self.application),
             ("environment", &self.environment),
@@ -199,13 +195,14 @@ impl DeployRequest {
         if self.max_fail_percentage > 100 {
             return Err(err("max_fail_percentage", "must be between 0 and 100"));
         }
-        if !valid_playbook_name(&self.playbook) || !catalog.known.contains(&self.playbook) {
+        if !valid_playbook_name(&self.playbook) {
             return Err(err(
                 "playbook",
                 format!(
-                    "unknown playbook {:?}; the agents ship: {}",
-                    self.playbook,
-                    catalog.known.join(", ")
+                    "{:?} is not a playbook file name: give the name of a .yml file in the \
+                     agents' playbook directory (e.g. deploy.yml), or carry one in the \
+                     changeset with changeset.playbook",
+                    self.playbook
                 ),
             ));
         }
@@ -403,12 +400,10 @@ mod tests {
     fn check(mutate: impl FnOnce(&mut serde_json::Value), field: Option<&str>) {
         let mut v = serde_json::to_value(base()).unwrap();
         mutate(&mut v);
-        let known = vec!["deploy.yml".to_string(), "restart.yml".to_string()];
         let r: Result<DeployRequest, _> = serde_json::from_value(v);
-        let got = r.map_err(|e| e.to_string()).and_then(|r| {
-            r.validate(&PlaybookCatalog { known: &known })
-                .map_err(|e| e.field)
-        });
+        let got = r
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.validate().map_err(|e| e.field));
         match field {
             None => assert_eq!(got, Ok(())),
             Some(f) => assert_eq!(got, Err(f.to_string())),
@@ -421,7 +416,20 @@ mod tests {
         check(|v| v["concurrency"] = 0.into(), Some("concurrency"));
         check(|v| v["concurrency"] = "0%".into(), Some("concurrency"));
         check(|v| v["concurrency"] = "50%".into(), None);
-        check(|v| v["playbook"] = "nope.yml".into(), Some("playbook"));
+        check(|v| v["playbook"] = "../nope.yml".into(), Some("playbook"));
+        check(|v| v["playbook"] = "team-own.yml".into(), None);
+        check(
+            |v| v["changeset"]["playbook"] = "deploy/vesemir.yml".into(),
+            None,
+        );
+        check(
+            |v| v["changeset"]["playbook"] = "../vesemir.yml".into(),
+            Some("changeset.playbook"),
+        );
+        check(
+            |v| v["changeset"]["playbook"] = "/abs/vesemir.yml".into(),
+            Some("changeset.playbook"),
+        );
         check(
             |v| v["changeset"]["sha256"] = "".into(),
             Some("changeset.sha256"),

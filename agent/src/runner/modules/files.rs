@@ -9,7 +9,12 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{CopyArgs, FileArgs, FileState, ModuleOutput, TaskEnv, TemplateArgs};
+use serde_json::Value;
+
+use super::{
+    CopyArgs, FileArgs, FileState, InsertBefore, LineinfileArgs, ModuleOutput, TaskEnv,
+    TemplateArgs,
+};
 
 /// Resolves `owner`/`group` (names or numeric ids).
 fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>), String> {
@@ -113,7 +118,7 @@ pub(crate) async fn copy(a: &CopyArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     let bytes = match (&a.content, &a.src) {
         (Some(c), _) => c.clone().into_bytes(),
         (None, Some(src)) => {
-            let p = env.resolve(src);
+            let p = env.resolve_in(src, "files");
             match fs::read(&p) {
                 Ok(b) => b,
                 Err(e) => return ModuleOutput::failed(format!("reading {}: {e}", p.display())),
@@ -121,21 +126,53 @@ pub(crate) async fn copy(a: &CopyArgs, env: &TaskEnv<'_>) -> ModuleOutput {
         }
         (None, None) => return ModuleOutput::failed("nothing to copy"),
     };
-    outcome(
+    // As Ansible: a `dest` that is a directory (or ends in `/`) receives
+    // the file under the source's name.
+    let dir_dest = a.dest.is_dir() || a.dest.as_os_str().to_string_lossy().ends_with('/');
+    let dest = match (&a.src, dir_dest) {
+        (_, false) => a.dest.clone(),
+        (Some(src), true) => match src.file_name() {
+            Some(n) => {
+                if let Err(e) = fs::create_dir_all(&a.dest) {
+                    return ModuleOutput::failed(format!("mkdir {}: {e}", a.dest.display()));
+                }
+                a.dest.join(n)
+            }
+            None => return ModuleOutput::failed("`src` has no file name"),
+        },
+        (None, true) => {
+            return ModuleOutput::failed(format!(
+                "can not use content with a dir as dest ({})",
+                a.dest.display()
+            ))
+        }
+    };
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return ModuleOutput::failed(format!(
+                "Destination directory {} does not exist",
+                parent.display()
+            ));
+        }
+    }
+    let mut o = outcome(
         write_atomic(
-            &a.dest,
+            &dest,
             &bytes,
             a.mode,
             a.owner.as_deref(),
             a.group.as_deref(),
         ),
-        &a.dest.display().to_string(),
-    )
+        &dest.display().to_string(),
+    );
+    o.extra
+        .insert("dest".into(), Value::String(dest.display().to_string()));
+    o
 }
 
 /// `template`: render a minijinja file with the task context to `dest`.
 pub(crate) async fn template(a: &TemplateArgs, env: &TaskEnv<'_>) -> ModuleOutput {
-    let p = env.resolve(&a.src);
+    let p = env.resolve_in(&a.src, "templates");
     let src = match fs::read_to_string(&p) {
         Ok(s) => s,
         Err(e) => return ModuleOutput::failed(format!("reading {}: {e}", p.display())),
@@ -206,7 +243,24 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
                 Ok(m) if m.is_dir() => false,
                 Ok(_) => return Err(format!("{} exists and is not a directory", p.display())),
                 Err(_) => {
-                    fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+                    // As Ansible: every directory created on the way gets
+                    // the mode too, not only the last one.
+                    let mut missing = Vec::new();
+                    let mut cur = Some(p.as_path());
+                    while let Some(c) = cur {
+                        if c.as_os_str().is_empty() || fs::symlink_metadata(c).is_ok() {
+                            break;
+                        }
+                        missing.push(c.to_path_buf());
+                        cur = c.parent();
+                    }
+                    for d in missing.iter().rev() {
+                        fs::create_dir(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+                        if let Some(m) = a.mode {
+                            fs::set_permissions(d, fs::Permissions::from_mode(m))
+                                .map_err(|e| format!("chmod {}: {e}", d.display()))?;
+                        }
+                    }
                     true
                 }
             };
@@ -223,6 +277,26 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
         },
         FileState::Symlink => {
             let src = a.src.as_ref().expect("checked at parse");
+            let meta = fs::symlink_metadata(p);
+            if let Ok(m) = &meta {
+                if m.is_file() && !a.force {
+                    return Err(format!(
+                        "refusing to convert from file to symlink for {} (set `force: true` to replace it)",
+                        p.display()
+                    ));
+                }
+            }
+            let resolved = if src.is_absolute() {
+                src.clone()
+            } else {
+                p.parent().unwrap_or(Path::new("/")).join(src)
+            };
+            if !a.force && fs::symlink_metadata(&resolved).is_err() {
+                return Err(format!(
+                    "src file does not exist, use \"force=yes\" if you really want to create the link: {}",
+                    resolved.display()
+                ));
+            }
             switch_symlink(p, src)
         }
         FileState::File => {
@@ -232,16 +306,200 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
             apply_meta(p, a.mode, owner, group)
         }
         FileState::Touch => {
-            let created = if fs::symlink_metadata(p).is_err() {
+            // Ansible's touch always reports changed: it updates the times.
+            if fs::symlink_metadata(p).is_err() {
                 fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-                true
             } else {
-                false
-            };
-            Ok(apply_meta(p, a.mode, owner, group)? || created)
+                let f = fs::OpenOptions::new()
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("touching {}: {e}", p.display()))?;
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            apply_meta(p, a.mode, owner, group)?;
+            Ok(true)
         }
     })();
     outcome(r, &p.display().to_string())
+}
+
+/// `stat`'s registered `stat` value (None: the check-time placeholder).
+pub(crate) fn stat_value(p: Option<&Path>) -> Value {
+    let Some(p) = p else {
+        return serde_json::json!({
+            "exists": false, "path": "", "mode": "0000", "isdir": false, "isreg": false,
+            "islnk": false, "size": 0, "uid": 0, "gid": 0, "lnk_target": "", "checksum": "",
+        });
+    };
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return serde_json::json!({ "exists": false });
+    };
+    let ft = m.file_type();
+    let mut v = serde_json::json!({
+        "exists": true,
+        "path": p.display().to_string(),
+        "mode": format!("{:04o}", m.mode() & 0o7777),
+        "isdir": ft.is_dir(),
+        "isreg": ft.is_file(),
+        "islnk": ft.is_symlink(),
+        "size": m.size(),
+        "uid": m.uid(),
+        "gid": m.gid(),
+    });
+    let o = v.as_object_mut().expect("an object");
+    if ft.is_symlink() {
+        if let Ok(t) = fs::read_link(p) {
+            o.insert("lnk_target".into(), Value::String(t.display().to_string()));
+        }
+    }
+    if ft.is_file() {
+        if let Ok(b) = fs::read(p) {
+            use sha1::Digest;
+            o.insert(
+                "checksum".into(),
+                Value::String(hex::encode(sha1::Sha1::digest(&b))),
+            );
+        }
+    }
+    v
+}
+
+/// `stat`: facts about a path, registered as `stat`; never changes anything.
+pub(crate) async fn stat(p: &Path) -> ModuleOutput {
+    let mut o = ModuleOutput::ok(p.display().to_string());
+    o.extra.insert("stat".into(), stat_value(Some(p)));
+    o
+}
+
+/// `lineinfile`, following Ansible 2.14's algorithm: with `regexp` the last
+/// matching line is replaced, otherwise an identical line means no change;
+/// a missing line goes after the last `insertafter` match (or EOF) or before
+/// the last `insertbefore` match.
+pub(crate) fn edit_lines(text: &str, a: &LineinfileArgs) -> (String, bool, &'static str) {
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_string).collect();
+    let strip = |l: &str| l.trim_end_matches(['\r', '\n']).to_string();
+    if !a.present {
+        let before = lines.len();
+        lines.retain(|l| {
+            let cur = strip(l);
+            let hit = match (&a.regexp, &a.line) {
+                (Some(r), _) => r.is_match(&cur),
+                (None, Some(line)) => &cur == line,
+                (None, None) => false,
+            };
+            !hit
+        });
+        let changed = lines.len() != before;
+        return (
+            lines.concat(),
+            changed,
+            if changed { "line(s) removed" } else { "" },
+        );
+    }
+    let line = a.line.clone().unwrap_or_default();
+    let (mut found, mut ins): (Option<usize>, Option<usize>) = (None, None);
+    let ins_re = a.insert_after.as_ref().or(match &a.insert_before {
+        Some(InsertBefore::Regex(r)) => Some(r),
+        _ => None,
+    });
+    for (i, l) in lines.iter().enumerate() {
+        let cur = strip(l);
+        let hit = match &a.regexp {
+            Some(r) => r.is_match(&cur),
+            None => cur == line,
+        };
+        if hit {
+            found = Some(i);
+        } else if let Some(r) = ins_re {
+            if r.is_match(&cur) {
+                ins = Some(if a.insert_after.is_some() { i + 1 } else { i });
+            }
+        }
+    }
+    let new_line = format!("{line}\n");
+    if let Some(i) = found {
+        if lines[i] != new_line {
+            lines[i] = new_line;
+            return (lines.concat(), true, "line replaced");
+        }
+        return (lines.concat(), false, "");
+    }
+    if a.insert_before == Some(InsertBefore::Bof) {
+        lines.insert(0, new_line);
+        return (lines.concat(), true, "line added");
+    }
+    match ins {
+        None => {
+            if lines
+                .last()
+                .is_some_and(|l| !l.ends_with('\n') && !l.ends_with('\r'))
+            {
+                lines.push("\n".into());
+            }
+            lines.push(new_line);
+            (lines.concat(), true, "line added")
+        }
+        Some(i) if a.insert_after.is_some() => {
+            if i == lines.len() {
+                if strip(&lines[i - 1]) != line {
+                    lines.push(new_line);
+                    return (lines.concat(), true, "line added");
+                }
+                (lines.concat(), false, "")
+            } else if strip(&lines[i]) != line {
+                lines.insert(i, new_line);
+                (lines.concat(), true, "line added")
+            } else {
+                (lines.concat(), false, "")
+            }
+        }
+        Some(i) => {
+            lines.insert(i, new_line);
+            (lines.concat(), true, "line added")
+        }
+    }
+}
+
+/// `lineinfile` module.
+pub(crate) async fn lineinfile(a: &LineinfileArgs) -> ModuleOutput {
+    let p = &a.path;
+    let text = match fs::read(p) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !a.present {
+                return ModuleOutput::ok("file not present");
+            }
+            if !a.create {
+                let mut o = ModuleOutput::failed(format!(
+                    "Destination {} does not exist ! (set `create: true` to create it)",
+                    p.display()
+                ));
+                o.rc = Some(257);
+                return o;
+            }
+            if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if let Err(e) = fs::create_dir_all(d) {
+                    return ModuleOutput::failed(format!("mkdir {}: {e}", d.display()));
+                }
+            }
+            String::new()
+        }
+        Err(e) => return ModuleOutput::failed(format!("reading {}: {e}", p.display())),
+    };
+    let (out, changed, msg) = edit_lines(&text, a);
+    let r = if changed || !p.exists() {
+        write_atomic(p, out.as_bytes(), a.mode, None, None)
+    } else {
+        apply_meta(p, a.mode, None, None)
+    };
+    let mut o = match r {
+        Ok(c) if c || changed => ModuleOutput::changed(msg),
+        Ok(_) => ModuleOutput::ok(msg),
+        Err(e) => ModuleOutput::failed(e),
+    };
+    o.extra
+        .insert("backup".into(), Value::String(String::new()));
+    o
 }
 
 #[cfg(test)]

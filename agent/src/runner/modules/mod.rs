@@ -20,12 +20,15 @@ use super::playbook::parse_duration;
 use super::RunnerConfig;
 
 mod files;
+mod logic;
 mod net;
 mod process;
 mod systemd;
 pub(crate) mod unarchive;
 
+pub(crate) use net::redact_url;
 pub(crate) use process::{run_process, tail, ProcessSpec};
+pub(crate) use unarchive::unpack_into;
 
 /// Every module a task may use.
 pub(crate) const KNOWN_MODULES: &[&str] = &[
@@ -36,9 +39,17 @@ pub(crate) const KNOWN_MODULES: &[&str] = &[
     "copy",
     "template",
     "file",
+    "lineinfile",
+    "stat",
     "systemd",
+    "service",
     "wait_for",
+    "uri",
     "http_check",
+    "debug",
+    "set_fact",
+    "assert",
+    "fail",
     "pause",
 ];
 
@@ -53,6 +64,8 @@ pub(crate) struct CommandArgs {
     pub env: Vec<(String, String)>,
     /// Skip (ok, unchanged) when this path exists.
     pub creates: Option<PathBuf>,
+    /// Skip (ok, unchanged) when this path does not exist.
+    pub removes: Option<PathBuf>,
 }
 
 /// Arguments of `get_url`.
@@ -60,18 +73,26 @@ pub(crate) struct CommandArgs {
 pub(crate) struct GetUrlArgs {
     pub url: String,
     pub dest: PathBuf,
+    /// From `checksum: "sha256:…"` (Ansible) or `sha256:` (vesemir shorthand).
     pub sha256: Option<String>,
     pub mode: Option<u32>,
     pub timeout: Duration,
+    /// Download even when `dest` exists (Ansible's `force`).
+    pub force: bool,
 }
 
 /// Arguments of `unarchive`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct UnarchiveArgs {
     pub src: PathBuf,
+    /// An existing directory the archive is extracted into (as Ansible).
     pub dest: PathBuf,
     pub strip_components: usize,
-    pub force: bool,
+    /// `src` is on the host (true) or next to the playbook (false, Ansible's
+    /// default: `files/` or the playbook's directory).
+    pub remote_src: bool,
+    /// Skip (ok) when this path exists.
+    pub creates: Option<PathBuf>,
 }
 
 /// Arguments of `copy`.
@@ -111,6 +132,8 @@ pub(crate) struct FileArgs {
     pub path: PathBuf,
     pub state: FileState,
     pub src: Option<PathBuf>,
+    /// For links: replace a file, allow a dangling link (Ansible's `force`).
+    pub force: bool,
     pub mode: Option<u32>,
     pub owner: Option<String>,
     pub group: Option<String>,
@@ -156,6 +179,65 @@ pub(crate) struct HttpCheckArgs {
     pub timeout: Duration,
 }
 
+/// Arguments of `lineinfile`.
+#[derive(Debug, Clone)]
+pub(crate) struct LineinfileArgs {
+    pub path: PathBuf,
+    pub line: Option<String>,
+    pub regexp: Option<regex::Regex>,
+    /// true: present; false: absent.
+    pub present: bool,
+    pub create: bool,
+    /// `insertafter`: None = EOF; Some(None) = BOF is not used; a regex.
+    pub insert_after: Option<regex::Regex>,
+    pub insert_before: Option<InsertBefore>,
+    pub mode: Option<u32>,
+}
+
+impl PartialEq for LineinfileArgs {
+    fn eq(&self, o: &Self) -> bool {
+        let r = |x: &Option<regex::Regex>| x.as_ref().map(|r| r.as_str().to_string());
+        self.path == o.path
+            && self.line == o.line
+            && r(&self.regexp) == r(&o.regexp)
+            && self.present == o.present
+            && self.create == o.create
+            && r(&self.insert_after) == r(&o.insert_after)
+            && self.insert_before == o.insert_before
+            && self.mode == o.mode
+    }
+}
+
+/// `insertbefore`: the first line, or before the last line matching.
+#[derive(Debug, Clone)]
+pub(crate) enum InsertBefore {
+    Bof,
+    Regex(regex::Regex),
+}
+
+impl PartialEq for InsertBefore {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (InsertBefore::Bof, InsertBefore::Bof) => true,
+            (InsertBefore::Regex(a), InsertBefore::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// Arguments of `uri`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UriArgs {
+    pub url: String,
+    pub method: String,
+    pub body: Option<String>,
+    pub json_body: bool,
+    pub headers: Vec<(String, String)>,
+    pub status_code: Vec<u16>,
+    pub return_content: bool,
+    pub timeout: Duration,
+}
+
 /// Typed arguments of one task's module.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ModuleArgs {
@@ -170,6 +252,25 @@ pub(crate) enum ModuleArgs {
     WaitFor(WaitForArgs),
     HttpCheck(HttpCheckArgs),
     Pause(Duration),
+    Lineinfile(LineinfileArgs),
+    /// `stat: path=…` (follow links: no, as Ansible's default).
+    Stat(PathBuf),
+    Uri(UriArgs),
+    /// `debug`: the message (already rendered), or a variable to show.
+    Debug {
+        msg: Option<Value>,
+        var: Option<String>,
+    },
+    /// `set_fact`: values for the context.
+    SetFact(Vec<(String, Value)>),
+    /// `assert`: each condition's text and value (rendered at run time).
+    Assert {
+        that: Vec<String>,
+        fail_msg: Option<String>,
+        success_msg: Option<String>,
+    },
+    /// `fail`: the message.
+    Fail(String),
 }
 
 /// Typed access to a module's argument mapping; leftover keys are errors.
@@ -347,10 +448,12 @@ fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, String> {
         chdir: None,
         env: Vec::new(),
         creates: None,
+        removes: None,
     };
     if let Some(mut f) = f.take() {
         out.chdir = f.path("chdir")?;
         out.creates = f.path("creates")?;
+        out.removes = f.path("removes")?;
         match f.map.remove("env") {
             None | Some(Value::Null) => {}
             Some(Value::Object(m)) => {
@@ -372,12 +475,26 @@ impl ModuleArgs {
         Ok(match module {
             "command" => ModuleArgs::Command(command_args(v, false)?),
             "shell" => ModuleArgs::Shell(command_args(v, true)?),
+            "fail" | "debug" if v.is_string() => {
+                let mut m = Map::new();
+                m.insert("msg".into(), v.clone());
+                return ModuleArgs::parse(module, &Value::Object(m));
+            }
             "pause" => ModuleArgs::Pause(match v {
                 Value::Object(_) => {
                     let mut f = Fields::new(v, module)?;
-                    let d = match (f.duration("seconds")?, f.duration("duration")?) {
-                        (Some(d), None) | (None, Some(d)) => d,
-                        _ => return Err("give `seconds` or `duration`".into()),
+                    if f.map.contains_key("prompt") {
+                        return Err(
+                            "`prompt` is not supported by vesemir (an agent has no terminal)"
+                                .into(),
+                        );
+                    }
+                    let minutes = f
+                        .num::<f64>("minutes")?
+                        .map(|m| Duration::from_secs_f64(m * 60.0));
+                    let d = match (f.duration("seconds")?, f.duration("duration")?, minutes) {
+                        (Some(d), None, None) | (None, Some(d), None) | (None, None, Some(d)) => d,
+                        _ => return Err("give one of `seconds`, `minutes` or `duration`".into()),
                     };
                     f.finish(module)?;
                     d
@@ -387,22 +504,219 @@ impl ModuleArgs {
             _ => {
                 let mut f = Fields::new(v, module)?;
                 let args = match module {
-                    "get_url" => ModuleArgs::GetUrl(GetUrlArgs {
-                        url: f.req("url")?,
-                        dest: f.req_path("dest")?,
-                        sha256: f
-                            .str("sha256")?
-                            .or(f.str("checksum")?)
-                            .map(|s| s.trim_start_matches("sha256:").trim().to_ascii_lowercase()),
-                        mode: f.mode("mode")?,
-                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(600)),
-                    }),
-                    "unarchive" => ModuleArgs::Unarchive(UnarchiveArgs {
-                        src: f.req_path("src")?,
-                        dest: f.req_path("dest")?,
-                        strip_components: f.num("strip_components")?.unwrap_or(0),
-                        force: f.bool("force")?.unwrap_or(false),
-                    }),
+                    "get_url" => {
+                        let sha256 = match (f.str("checksum")?, f.str("sha256")?) {
+                            (Some(_), Some(_)) => {
+                                return Err("give `checksum` or `sha256`, not both".into())
+                            }
+                            (Some(c), None) => match c.split_once(':') {
+                                Some((alg, hex)) if alg.eq_ignore_ascii_case("sha256") => {
+                                    Some(hex.trim().to_ascii_lowercase())
+                                }
+                                Some((alg, _)) => {
+                                    return Err(format!(
+                                        "`checksum` algorithm `{alg}` is not supported by vesemir; use `sha256:<hex>`"
+                                    ))
+                                }
+                                None => {
+                                    return Err(
+                                        "`checksum` is `sha256:<hex>` (algorithm, colon, digest)".into()
+                                    )
+                                }
+                            },
+                            (None, Some(s)) => Some(
+                                s.trim_start_matches("sha256:").trim().to_ascii_lowercase(),
+                            ),
+                            (None, None) => None,
+                        };
+                        if let Some(h) = &sha256 {
+                            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                return Err(format!("the sha256 digest `{h}` is not 64 hex digits"));
+                            }
+                        }
+                        ModuleArgs::GetUrl(GetUrlArgs {
+                            url: f.req("url")?,
+                            dest: f.req_path("dest")?,
+                            sha256,
+                            mode: f.mode("mode")?,
+                            timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(600)),
+                            force: f.bool("force")?.unwrap_or(false),
+                        })
+                    }
+                    "unarchive" => {
+                        for k in ["extra_opts", "exclude", "include", "keep_newer", "list_files", "owner", "group", "mode", "copy", "decrypt", "io_buffer_size", "validate_certs"] {
+                            if f.map.contains_key(k) {
+                                return Err(format!(
+                                    "`{k}` is not supported by vesemir's unarchive (it extracts tar.gz itself, refusing unsafe entries; supported: src, dest, remote_src, creates, strip_components)"
+                                ));
+                            }
+                        }
+                        ModuleArgs::Unarchive(UnarchiveArgs {
+                            src: f.req_path("src")?,
+                            dest: f.req_path("dest")?,
+                            strip_components: f.num("strip_components")?.unwrap_or(0),
+                            remote_src: f.bool("remote_src")?.unwrap_or(false),
+                            creates: f.path("creates")?,
+                        })
+                    }
+                    "lineinfile" => {
+                        let re = |f: &mut Fields, k: &str| -> Result<Option<regex::Regex>, String> {
+                            f.str(k)?
+                                .map(|p| regex::Regex::new(&p).map_err(|e| format!("`{k}`: {e}")))
+                                .transpose()
+                        };
+                        let path = match f.path("path")? {
+                            Some(p) => p,
+                            None => f.path("dest")?.ok_or("`path` is required")?,
+                        };
+                        let regexp = match re(&mut f, "regexp")? {
+                            Some(r) => Some(r),
+                            None => re(&mut f, "regex")?,
+                        };
+                        let present = match f.str("state")?.as_deref() {
+                            None | Some("present") => true,
+                            Some("absent") => false,
+                            Some(o) => return Err(format!("`state` must be present or absent, not `{o}`")),
+                        };
+                        let line = f.str("line")?;
+                        if present && line.is_none() {
+                            return Err("`line` is required with state=present".into());
+                        }
+                        if !present && line.is_none() && regexp.is_none() {
+                            return Err("state=absent needs `line` or `regexp`".into());
+                        }
+                        let insert_after = match f.str("insertafter")?.as_deref() {
+                            None | Some("EOF") => None,
+                            Some(p) => Some(regex::Regex::new(p).map_err(|e| format!("`insertafter`: {e}"))?),
+                        };
+                        let insert_before = match f.str("insertbefore")?.as_deref() {
+                            None => None,
+                            Some("BOF") => Some(InsertBefore::Bof),
+                            Some(p) => Some(InsertBefore::Regex(
+                                regex::Regex::new(p).map_err(|e| format!("`insertbefore`: {e}"))?,
+                            )),
+                        };
+                        if insert_after.is_some() && insert_before.is_some() {
+                            return Err("give `insertafter` or `insertbefore`, not both".into());
+                        }
+                        ModuleArgs::Lineinfile(LineinfileArgs {
+                            path,
+                            line,
+                            regexp,
+                            present,
+                            create: f.bool("create")?.unwrap_or(false),
+                            insert_after,
+                            insert_before,
+                            mode: f.mode("mode")?,
+                        })
+                    }
+                    "stat" => {
+                        let p = f.req_path("path")?;
+                        if let Some(true) = f.bool("follow")? {
+                            return Err("`follow: true` is not supported by vesemir".into());
+                        }
+                        let _ = f.bool("get_checksum")?;
+                        let _ = f.str("checksum_algorithm")?.map(|a| {
+                            if a == "sha1" { Ok(()) } else { Err(format!("checksum_algorithm `{a}` is not supported by vesemir (sha1)")) }
+                        }).transpose()?;
+                        ModuleArgs::Stat(p)
+                    }
+                    "uri" => {
+                        let body_format = f.str("body_format")?;
+                        let json_body = match body_format.as_deref() {
+                            None | Some("raw") => false,
+                            Some("json") => true,
+                            Some(o) => return Err(format!("`body_format` `{o}` is not supported by vesemir (raw, json)")),
+                        };
+                        let body = match f.map.remove("body") {
+                            None | Some(Value::Null) => None,
+                            Some(Value::String(s)) => Some(s),
+                            Some(v) if json_body => Some(v.to_string()),
+                            Some(_) => return Err("`body` must be a string unless body_format is json".into()),
+                        };
+                        let status_code = match f.map.remove("status_code") {
+                            None | Some(Value::Null) => vec![200],
+                            Some(Value::Array(a)) => a
+                                .iter()
+                                .map(|x| scalar(x).and_then(|s| s.trim().parse().ok()).ok_or("`status_code` lists HTTP status numbers"))
+                                .collect::<Result<_, _>>()?,
+                            Some(v) => scalar(&v)
+                                .map(|s| s.split(',').map(|x| x.trim().parse::<u16>()).collect::<Result<Vec<_>, _>>())
+                                .ok_or("`status_code` must be a number or a list")?
+                                .map_err(|_| "`status_code` must be a number or a list")?,
+                        };
+                        let mut headers = Vec::new();
+                        match f.map.remove("headers") {
+                            None | Some(Value::Null) => {}
+                            Some(Value::Object(m)) => {
+                                for (k, v) in m {
+                                    headers.push((k, scalar(&v).ok_or("header values must be strings")?));
+                                }
+                            }
+                            Some(_) => return Err("`headers` must be a mapping".into()),
+                        }
+                        if let Some(false) = f.bool("validate_certs")? {
+                            return Err("`validate_certs: false` is not supported by vesemir".into());
+                        }
+                        ModuleArgs::Uri(UriArgs {
+                            url: f.req("url")?,
+                            method: f.str("method")?.unwrap_or_else(|| "GET".into()).to_ascii_uppercase(),
+                            body,
+                            json_body,
+                            headers,
+                            status_code,
+                            return_content: f.bool("return_content")?.unwrap_or(false),
+                            timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(30)),
+                        })
+                    }
+                    "debug" => {
+                        let msg = f.map.remove("msg");
+                        let var = f.map.remove("var");
+                        let _ = f.num::<u32>("verbosity")?;
+                        match (msg, var) {
+                            (Some(_), Some(_)) => return Err("give `msg` or `var`, not both".into()),
+                            (Some(m), None) => ModuleArgs::Debug { msg: Some(m), var: None },
+                            (None, Some(v)) => ModuleArgs::Debug {
+                                msg: None,
+                                var: Some(scalar(&v).ok_or("`var` names a variable")?),
+                            },
+                            (None, None) => ModuleArgs::Debug {
+                                msg: Some(Value::String("Hello world!".into())),
+                                var: None,
+                            },
+                        }
+                    }
+                    "set_fact" => {
+                        let _ = f.bool("cacheable")?;
+                        let facts: Vec<(String, Value)> = std::mem::take(&mut f.map).into_iter().collect();
+                        if facts.is_empty() {
+                            return Err("`set_fact` needs at least one variable".into());
+                        }
+                        ModuleArgs::SetFact(facts)
+                    }
+                    "assert" => {
+                        let that = match f.map.remove("that") {
+                            Some(Value::Array(a)) => a
+                                .iter()
+                                .map(|x| scalar(x).ok_or("`that` lists conditions"))
+                                .collect::<Result<Vec<_>, _>>()?,
+                            Some(v) => vec![scalar(&v).ok_or("`that` is a condition or a list")?],
+                            None => return Err("`that` is required".into()),
+                        };
+                        let fail_msg = match f.str("fail_msg")? {
+                            Some(m) => Some(m),
+                            None => f.str("msg")?,
+                        };
+                        let _ = f.bool("quiet")?;
+                        ModuleArgs::Assert {
+                            that,
+                            fail_msg,
+                            success_msg: f.str("success_msg")?,
+                        }
+                    }
+                    "fail" => ModuleArgs::Fail(
+                        f.str("msg")?.unwrap_or_else(|| "Failed as requested from task".into()),
+                    ),
                     "copy" => {
                         let a = CopyArgs {
                             content: f.str("content")?,
@@ -425,8 +739,20 @@ impl ModuleArgs {
                         group: f.str("group")?,
                     }),
                     "file" => {
-                        let path = f.req_path("path")?;
+                        let path = match f.path("path")? {
+                            Some(p) => p,
+                            None => match f.path("dest")? {
+                                Some(p) => p,
+                                None => f.req_path("name")?,
+                            },
+                        };
+                        if path.as_os_str().is_empty() {
+                            return Err("`path` is empty".into());
+                        }
                         let src = f.path("src")?;
+                        if f.map.contains_key("recurse") {
+                            return Err("`recurse` is not supported by vesemir".into());
+                        }
                         let state = match f.str("state")?.as_deref() {
                             Some("directory") => FileState::Directory,
                             Some("link" | "symlink") => FileState::Symlink,
@@ -446,12 +772,13 @@ impl ModuleArgs {
                             path,
                             state,
                             src,
+                            force: f.bool("force")?.unwrap_or(false),
                             mode: f.mode("mode")?,
                             owner: f.str("owner")?,
                             group: f.str("group")?,
                         })
                     }
-                    "systemd" => {
+                    "systemd" | "service" => {
                         let a = SystemdArgs {
                             name: f.str("name")?,
                             state: match f.str("state")?.as_deref() {
@@ -467,7 +794,11 @@ impl ModuleArgs {
                                 }
                             },
                             enabled: f.bool("enabled")?,
-                            daemon_reload: f.bool("daemon_reload")?.unwrap_or(false),
+                            daemon_reload: if module == "service" {
+                                false
+                            } else {
+                                f.bool("daemon_reload")?.unwrap_or(false)
+                            },
                         };
                         if a.name.is_none() && (a.state.is_some() || a.enabled.is_some()) {
                             return Err("`name` is required with `state` or `enabled`".into());
@@ -476,6 +807,9 @@ impl ModuleArgs {
                             return Err("nothing to do: give `name` and `state`/`enabled`, or `daemon_reload`".into());
                         }
                         ModuleArgs::Systemd(a)
+                    }
+                    "wait_for" if f.map.contains_key("path") || f.map.contains_key("search_regex") => {
+                        return Err("`wait_for` with `path`/`search_regex` is not supported by vesemir (ports only)".into())
                     }
                     "wait_for" => ModuleArgs::WaitFor(WaitForArgs {
                         host: f.str("host")?.unwrap_or_else(|| "127.0.0.1".into()),
@@ -489,7 +823,7 @@ impl ModuleArgs {
                                 ))
                             }
                         },
-                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(60)),
+                        timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(300)),
                         delay: f.duration("delay")?.unwrap_or(Duration::ZERO),
                     }),
                     "http_check" => ModuleArgs::HttpCheck(HttpCheckArgs {
@@ -533,6 +867,11 @@ pub(crate) struct ModuleOutput {
     pub stderr: String,
     /// The module stopped because it was asked to (timeout or cancel).
     pub stopped: bool,
+    /// A failed result that still changed something (a command that ran and
+    /// exited non-zero): Ansible counts it `changed` when errors are ignored.
+    pub changed_anyway: bool,
+    /// Module-specific fields of the registered result (`stat`, `json`, …).
+    pub extra: Map<String, Value>,
 }
 
 impl ModuleOutput {
@@ -556,6 +895,36 @@ impl ModuleOutput {
     pub(crate) fn status(&self) -> TaskStatus {
         self.status.unwrap_or(TaskStatus::Failed)
     }
+}
+
+/// The registered result a module gives at check time: every common field,
+/// plus the module's own (so `r.stat.exists` or `r.json` check).
+pub(crate) fn placeholder_result(module: &str) -> Value {
+    let mut v = serde_json::json!({
+        "rc": 0, "stdout": "", "stderr": "", "stdout_lines": [], "stderr_lines": [],
+        "changed": false, "failed": false, "skipped": false, "status": "ok", "msg": "",
+    });
+    let m = v.as_object_mut().expect("an object");
+    match module {
+        "stat" => {
+            m.insert("stat".into(), files::stat_value(None));
+        }
+        "uri" => {
+            m.insert("status".into(), Value::from(200));
+            m.insert("json".into(), Value::Object(Map::new()));
+            m.insert("content".into(), Value::String(String::new()));
+            m.insert("url".into(), Value::String(String::new()));
+        }
+        "get_url" | "copy" | "template" | "unarchive" | "lineinfile" => {
+            m.insert("dest".into(), Value::String(String::new()));
+        }
+        "file" => {
+            m.insert("path".into(), Value::String(String::new()));
+            m.insert("state".into(), Value::String(String::new()));
+        }
+        _ => {}
+    }
+    v
 }
 
 /// Everything a module may use while running.
@@ -589,10 +958,16 @@ impl TaskEnv<'_> {
             .await;
     }
 
-    /// `p` relative to the playbook's directory, unless absolute.
-    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
+    /// A relative `src` as Ansible finds it: `<playbook dir>/<sub>/p`
+    /// (`files/` for copy and unarchive, `templates/` for template), else
+    /// `<playbook dir>/p`.
+    pub(crate) fn resolve_in(&self, p: &Path, sub: &str) -> PathBuf {
         if p.is_absolute() {
-            p.to_path_buf()
+            return p.to_path_buf();
+        }
+        let in_sub = self.playbook_dir.join(sub).join(p);
+        if in_sub.exists() {
+            in_sub
         } else {
             self.playbook_dir.join(p)
         }
@@ -605,7 +980,15 @@ pub(crate) async fn run(args: &ModuleArgs, env: &TaskEnv<'_>) -> ModuleOutput {
         ModuleArgs::Command(a) | ModuleArgs::Shell(a) => {
             if let Some(c) = &a.creates {
                 if c.exists() {
-                    return ModuleOutput::ok(format!("skipped, {} exists", c.display()));
+                    return ModuleOutput::ok(format!("skipped, since {} exists", c.display()));
+                }
+            }
+            if let Some(r) = &a.removes {
+                if !r.exists() {
+                    return ModuleOutput::ok(format!(
+                        "skipped, since {} does not exist",
+                        r.display()
+                    ));
                 }
             }
             let spec = ProcessSpec {
@@ -627,6 +1010,7 @@ pub(crate) async fn run(args: &ModuleArgs, env: &TaskEnv<'_>) -> ModuleOutput {
                         })
                     };
                     o.rc = p.rc;
+                    o.changed_anyway = !p.stopped;
                     o.stdout = p.stdout;
                     o.stderr = p.stderr;
                     o.stopped = p.stopped;
@@ -647,6 +1031,17 @@ pub(crate) async fn run(args: &ModuleArgs, env: &TaskEnv<'_>) -> ModuleOutput {
         ModuleArgs::Template(a) => files::template(a, env).await,
         ModuleArgs::File(a) => files::file(a, env).await,
         ModuleArgs::Systemd(a) => systemd::run(a, env).await,
+        ModuleArgs::Lineinfile(a) => files::lineinfile(a).await,
+        ModuleArgs::Stat(p) => files::stat(p).await,
+        ModuleArgs::Uri(a) => net::uri(a, env).await,
+        ModuleArgs::Debug { msg, var } => logic::debug(msg.as_ref(), var.as_deref(), env).await,
+        ModuleArgs::SetFact(_) => ModuleOutput::ok(""),
+        ModuleArgs::Assert {
+            that,
+            fail_msg,
+            success_msg,
+        } => logic::assert(that, fail_msg.as_deref(), success_msg.as_deref(), env),
+        ModuleArgs::Fail(msg) => ModuleOutput::failed(msg.clone()),
         ModuleArgs::Pause(d) => {
             tokio::time::sleep(*d).await;
             ModuleOutput::ok(format!("paused {}", humantime::format_duration(*d)))
@@ -675,6 +1070,7 @@ mod tests {
             chdir: None,
             env: vec![],
             creates: None,
+            removes: None,
         };
         check(
             "command",

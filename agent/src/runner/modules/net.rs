@@ -67,12 +67,15 @@ pub(crate) async fn get_url(a: &GetUrlArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     } else {
         a.dest.clone()
     };
-    if let Some(want) = &a.sha256 {
-        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return ModuleOutput::failed("sha256 must be 64 hex digits");
-        }
-        if dest.exists() && sha256_file(&dest).map(|h| &h == want).unwrap_or(false) {
-            return ModuleOutput::ok(format!("{} already present", dest.display()));
+    // As Ansible: an existing `dest` is kept unless `force`; with a
+    // checksum, only when it matches.
+    if dest.is_file() && !a.force {
+        match &a.sha256 {
+            None => return ModuleOutput::ok(format!("{} already exists", dest.display())),
+            Some(want) if sha256_file(&dest).map(|h| &h == want).unwrap_or(false) => {
+                return ModuleOutput::ok(format!("{} already present", dest.display()))
+            }
+            Some(_) => {}
         }
     }
     let dir = dest
@@ -125,6 +128,9 @@ pub(crate) async fn get_url(a: &GetUrlArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     if let Err(e) = tmp.as_file().sync_all() {
         return ModuleOutput::failed(format!("fsync: {e}"));
     }
+    if dest.is_file() && sha256_file(&dest).map(|h| h == got).unwrap_or(false) {
+        return ModuleOutput::ok(format!("{} is up to date", dest.display()));
+    }
     let mode = a.mode.unwrap_or(0o644);
     if let Err(e) = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode)) {
         return ModuleOutput::failed(format!("chmod: {e}"));
@@ -139,6 +145,86 @@ pub(crate) async fn get_url(a: &GetUrlArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     ))
     .await;
     ModuleOutput::changed(format!("downloaded {} ({size} bytes)", dest.display()))
+}
+
+/// `uri`: one request; fails unless the status is one of `status_code`.
+/// Registers `status`, `url`, `json` (for a JSON answer), `content` (with
+/// `return_content`), as Ansible does.
+pub(crate) async fn uri(a: &super::UriArgs, env: &TaskEnv<'_>) -> ModuleOutput {
+    let shown = redact_url(&a.url);
+    let http = match client(a.timeout) {
+        Ok(c) => c,
+        Err(e) => return ModuleOutput::failed(e),
+    };
+    let method = match reqwest::Method::from_bytes(a.method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => {
+            return ModuleOutput::failed(format!("`method` {} is not an HTTP method", a.method))
+        }
+    };
+    let mut req = http.request(method, &a.url);
+    for (k, v) in &a.headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = &a.body {
+        if a.json_body {
+            req = req.header("content-type", "application/json");
+        }
+        req = req.body(b.clone());
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut o = ModuleOutput::failed(format!(
+                "Status code was -1 and not {:?}: Request failed: {}",
+                a.status_code,
+                e.without_url()
+            ));
+            o.extra.insert("status".into(), serde_json::Value::from(-1));
+            return o;
+        }
+    };
+    let status = resp.status().as_u16();
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    // Bounded: a health or API answer, not a download.
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) if body.len() + c.len() <= 4 << 20 => body.extend_from_slice(&c),
+            Ok(_) => return ModuleOutput::failed(format!("{shown}: answer larger than 4 MiB")),
+            Err(e) => return ModuleOutput::failed(format!("{shown}: {}", e.without_url())),
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let mut o = if a.status_code.contains(&status) {
+        ModuleOutput::ok(format!("OK ({} bytes)", body.len()))
+    } else {
+        ModuleOutput::failed(format!(
+            "Status code was {status} and not {:?}",
+            a.status_code
+        ))
+    };
+    env.log(format!("{} {shown}: HTTP {status}", a.method))
+        .await;
+    o.extra
+        .insert("status".into(), serde_json::Value::from(status));
+    o.extra
+        .insert("url".into(), serde_json::Value::String(a.url.clone()));
+    if is_json {
+        if let Ok(j) = serde_json::from_str::<serde_json::Value>(&text) {
+            o.extra.insert("json".into(), j);
+        }
+    }
+    if a.return_content {
+        o.extra
+            .insert("content".into(), serde_json::Value::String(text));
+    }
+    o
 }
 
 /// `http_check`: GET until the status (and body) match, or retries run out.

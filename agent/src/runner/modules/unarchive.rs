@@ -1,10 +1,18 @@
-//! `unarchive`: tar.gz into a directory, refusing anything that escapes it.
+//! `unarchive`: tar.gz into an existing directory, as Ansible does, refusing
+//! anything that escapes it.
 //!
-//! The archive is unpacked into a fresh temporary directory next to `dest`
-//! and renamed into place only when every entry passed, so a refused or
-//! broken archive leaves nothing at `dest`. Refused: absolute paths, `..`
+//! As in Ansible, `dest` must be an existing directory and the archive's
+//! entries are extracted into it (files already there and not in the archive
+//! stay); the task is `ok` when every entry is already there with the same
+//! type, content, mode and link target, `changed` otherwise.
+//!
+//! The archive is first unpacked into a fresh temporary directory next to
+//! `dest` and moved in only when every entry passed, so a refused or broken
+//! archive changes nothing in `dest`. Refused (deliberately stricter than
+//! Ansible, which hands the archive to GNU tar): absolute paths, `..`
 //! components, symlinks whose target leaves the tree, hard links to paths
-//! outside it, entries written through a symlink, device nodes and fifos.
+//! outside it, entries written through a symlink (in the archive or already
+//! in `dest`), device nodes and fifos.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -107,6 +115,7 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive.set_preserve_permissions(false);
     let mut count = 0;
+    let mut dir_modes = Vec::new();
     let bad = |e: std::io::Error| format!("reading {}: {e}", src.display());
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -120,6 +129,9 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
                 no_symlink_on_the_way(root, &rel)?;
                 fs::create_dir_all(root.join(&rel))
                     .map_err(|e| format!("mkdir {}: {e}", rel.display()))?;
+                if let Ok(m) = entry.header().mode() {
+                    dir_modes.push((root.join(&rel), m & 0o7777));
+                }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let target = prepare(root, &rel)?;
@@ -184,6 +196,12 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
         }
         count += 1;
     }
+    // Directory modes last, so a read-only directory does not stop its
+    // own entries being written (GNU tar does the same).
+    use std::os::unix::fs::PermissionsExt;
+    for (p, m) in dir_modes.into_iter().rev() {
+        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(m));
+    }
     check_links_resolve_inside(root)?;
     Ok(count)
 }
@@ -215,55 +233,145 @@ fn check_links_resolve_inside(root: &Path) -> Result<(), Refusal> {
     Ok(())
 }
 
-pub(crate) fn extract(
-    src: &Path,
-    dest: &Path,
-    strip: usize,
-    force: bool,
-) -> Result<Option<usize>, Refusal> {
-    if dest.is_dir() && !force {
-        return Ok(None);
+/// Whether `dest/rel` already is what `staged/rel` is (type, content,
+/// mode, link target), for every entry of the staged tree.
+fn already_there(staged: &Path, dest: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(staged.join(&rel)) else {
+            return false;
+        };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            let (s, d) = (staged.join(&r), dest.join(&r));
+            let (Ok(sm), Ok(dm)) = (fs::symlink_metadata(&s), fs::symlink_metadata(&d)) else {
+                return false;
+            };
+            let (st, dt) = (sm.file_type(), dm.file_type());
+            if st.is_symlink() {
+                if !dt.is_symlink() || fs::read_link(&s).ok() != fs::read_link(&d).ok() {
+                    return false;
+                }
+                continue;
+            }
+            if sm.mode() & 0o7777 != dm.mode() & 0o7777 {
+                return false;
+            }
+            if st.is_dir() {
+                if !dt.is_dir() {
+                    return false;
+                }
+                stack.push(r);
+            } else if !dt.is_file()
+                || sm.len() != dm.len()
+                || fs::read(&s).ok() != fs::read(&d).ok()
+            {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Moves the staged tree into `dest`, entry by entry; never through a
+/// symlink already in `dest`, never replacing a directory with a file.
+fn merge(staged: &Path, dest: &Path, rel: &Path) -> Result<(), Refusal> {
+    let rd = fs::read_dir(staged.join(rel)).map_err(|e| format!("{}: {e}", staged.display()))?;
+    for e in rd.flatten() {
+        let r = rel.join(e.file_name());
+        let (s, d) = (staged.join(&r), dest.join(&r));
+        let sm = fs::symlink_metadata(&s).map_err(|e| format!("{}: {e}", s.display()))?;
+        match fs::symlink_metadata(&d) {
+            Ok(dm) if dm.file_type().is_symlink() && sm.is_dir() => {
+                return Err(format!(
+                    "`{}` in the destination is a symlink; refusing to extract through it",
+                    r.display()
+                ))
+            }
+            Ok(dm) if dm.is_dir() && sm.is_dir() => {
+                merge(staged, dest, &r)?;
+                let _ = fs::set_permissions(&d, sm.permissions());
+                continue;
+            }
+            Ok(dm) if dm.is_dir() => {
+                return Err(format!(
+                    "`{}` is a directory in the destination and a file in the archive",
+                    r.display()
+                ))
+            }
+            Ok(_) if sm.is_dir() => {
+                fs::remove_file(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
+            }
+            _ => {}
+        }
+        fs::rename(&s, &d).map_err(|e| format!("moving into {}: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Extracts `src` into the existing directory `dest`; `None` when every
+/// entry was already there.
+pub(crate) fn extract(src: &Path, dest: &Path, strip: usize) -> Result<Option<usize>, Refusal> {
+    if !dest.is_dir() {
+        return Err(format!(
+            "dest `{}` must be an existing directory (as in Ansible: create it first, e.g. with              `file: path={} state=directory`)",
+            dest.display(),
+            dest.display()
+        ));
     }
     let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        .unwrap_or(dest);
     let tmp = tempfile::Builder::new()
         .prefix(".vesemir-unpack-")
         .tempdir_in(parent)
         .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
     let count = unpack_into(src, tmp.path(), strip)?;
-    // tempdir makes 0700; a release directory is normally world-readable.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
-    let staged = tmp.keep();
-    let old = parent.join(format!(".vesemir-old-{}", uuid::Uuid::new_v4().simple()));
-    let replacing = dest.exists();
-    if replacing {
-        fs::rename(dest, &old).map_err(|e| format!("moving {} aside: {e}", dest.display()))?;
+    if already_there(tmp.path(), dest) {
+        return Ok(None);
     }
-    if let Err(e) = fs::rename(&staged, dest) {
-        let _ = fs::remove_dir_all(&staged);
-        if replacing {
-            let _ = fs::rename(&old, dest);
-        }
-        return Err(format!("renaming into {}: {e}", dest.display()));
-    }
-    if replacing {
-        let _ = fs::remove_dir_all(&old);
-    }
+    merge(tmp.path(), dest, Path::new(""))?;
     Ok(Some(count))
 }
 
 /// `unarchive` module.
 pub(crate) async fn run(a: &UnarchiveArgs, env: &TaskEnv<'_>) -> ModuleOutput {
-    let src = env.resolve(&a.src);
+    if let Some(c) = &a.creates {
+        if c.exists() {
+            // Ansible reports this one as skipped (unlike command's creates).
+            return ModuleOutput {
+                status: Some(vesemir_protocol::job::TaskStatus::Skipped),
+                msg: format!("skipped, since {} exists", c.display()),
+                ..Default::default()
+            };
+        }
+    }
+    let src = if a.remote_src {
+        a.src.clone()
+    } else {
+        env.resolve_in(&a.src, "files")
+    };
+    if !src.is_file() {
+        return ModuleOutput::failed(format!(
+            "src `{}` does not exist{}",
+            src.display(),
+            if a.remote_src {
+                ""
+            } else {
+                " (remote_src: false looks next to the playbook and in its files/)"
+            }
+        ));
+    }
     let dest = a.dest.clone();
-    let (strip, force) = (a.strip_components, a.force);
-    let r = tokio::task::spawn_blocking(move || extract(&src, &dest, strip, force)).await;
-    match r {
-        Ok(Ok(None)) => ModuleOutput::ok(format!("{} already exists", a.dest.display())),
+    let strip = a.strip_components;
+    let r = tokio::task::spawn_blocking(move || extract(&src, &dest, strip)).await;
+    let mut o = match r {
+        Ok(Ok(None)) => ModuleOutput::ok(format!(
+            "{} already holds the archive's files",
+            a.dest.display()
+        )),
         Ok(Ok(Some(n))) => {
             env.log(format!("unpacked {n} entries into {}", a.dest.display()))
                 .await;
@@ -271,7 +379,12 @@ pub(crate) async fn run(a: &UnarchiveArgs, env: &TaskEnv<'_>) -> ModuleOutput {
         }
         Ok(Err(e)) => ModuleOutput::failed(format!("refused/failed: {e}")),
         Err(e) => ModuleOutput::failed(format!("unpacking task failed: {e}")),
-    }
+    };
+    o.extra.insert(
+        "dest".into(),
+        serde_json::Value::String(a.dest.display().to_string()),
+    );
+    o
 }
 
 #[cfg(test)]
