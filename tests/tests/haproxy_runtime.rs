@@ -50,7 +50,9 @@ async fn drain_maint_ready_round_trip() {
     assert_eq!(s.admin_state, AdminState(8), "{s:?}");
     assert!(s.admin_state.is_drain() && !s.in_rotation());
     let stat = api.stat("app").await.unwrap();
-    assert_eq!(stat[0].status, "DRAIN", "{stat:?}");
+    // "DRAIN", or "DRAIN 1/2" while a health check is failing on a loaded
+    // machine: the admin state is what this asserts, not the check's.
+    assert!(stat[0].status.starts_with("DRAIN"), "{stat:?}");
     // New requests go to web2 only.
     assert!(answering_pids(&f.haproxy, 6)
         .await
@@ -64,7 +66,8 @@ async fn drain_maint_ready_round_trip() {
         (AdminState(1), OpState::Stopped),
         "{s:?}"
     );
-    assert_eq!(api.stat("app").await.unwrap()[0].status, "MAINT");
+    let stat = api.stat("app").await.unwrap();
+    assert!(stat[0].status.starts_with("MAINT"), "{stat:?}");
 
     api.set_state("app", "web1", State::Ready).await.unwrap();
     f.haproxy.wait_all_up(T).await.unwrap();
