@@ -34,8 +34,9 @@ pub fn render_template(src: &str, vars: &BTreeMap<String, String>) {
 }
 
 /// Unpacks the tar.gz `src` into `dest` the way the `unarchive` module does
-/// (staged next to `dest`, renamed into place only if every entry passed).
+/// (`dest` must exist, as in Ansible; staged next to it, moved in only if
+/// every entry passed).
 /// Returns the number of entries unpacked, or the refusal.
 pub fn unarchive(src: &Path, dest: &Path, strip: usize) -> Result<Option<usize>, String> {
-    crate::runner::modules::unarchive::extract(src, dest, strip, true)
+    crate::runner::modules::unarchive::extract(src, dest, strip)
 }

@@ -734,7 +734,6 @@ impl Persistent {
                 root.join("inventory.toml").display().to_string()
             ),
         );
-        lines.insert(0, crate::harness::EXTRA_PLAYBOOKS.to_string());
         std::fs::write(&path, lines.join("\n") + "\n")?;
         self.api = Api::of_url(&format!("http://127.0.0.1:{api_port}"), &self.api.token);
         self.quic = format!("127.0.0.1:{quic_port}").parse()?;

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vesemir_tests::fleet::{Controller, ControllerOptions};
 
-/// Playbooks a bench controller accepts besides the shipped ones.
-pub const EXTRA_PLAYBOOKS: &str = "extra_playbooks = [\"noop.yml\", \"sleep.yml\"]";
-
 /// One host of the static inventory.
 #[derive(Debug, Clone)]
 pub struct InvHost {
@@ -54,7 +51,7 @@ pub fn init_controller(
     let c = Controller::init(ControllerOptions {
         heartbeat_secs,
         agent_cert_ttl: agent_cert_ttl.into(),
-        extra_config: EXTRA_PLAYBOOKS.into(),
+        extra_config: String::new(),
     })?;
     let inv = c.root.path().join("inventory.toml");
     write_inventory(&inv, hosts)?;

@@ -9,8 +9,9 @@
 //! sleeps `seconds` (vars of the request), then reports one `changed` task.
 //! Any other playbook, and every HAProxy job, fails with a message saying
 //! so. The controller sends these jobs through its real job path (a
-//! deployment, or `POST /v1/agents/{name}/run`) once its config lists
-//! `noop.yml` and `sleep.yml` in `extra_playbooks`.
+//! deployment, or `POST /v1/agents/{name}/run`); the simulated agents list
+//! `noop.yml` and `sleep.yml` in their facts, as a real agent lists its
+//! playbook directory, so the controller's playbook check passes.
 //!
 //! Layout: [`enroll_all`] enrolls (or loads from the cache dir) the
 //! identities; [`SimFleet::start`] runs them; [`SimStats`] counts what
@@ -613,6 +614,7 @@ impl SimAgent {
                         load: [0.0, 0.0, 0.0],
                         disk_free_bytes: 10 << 30,
                         running_jobs: running,
+                        playbooks: sim_playbooks(),
                     };
                     if let Err(e) = write_frame(send, &AgentMessage::Heartbeat(facts)).await {
                         return conn.close_reason().map(|e| end_of(&e)).unwrap_or(End::Lost(e.to_string()));
@@ -738,6 +740,19 @@ pub fn work_of(kind: &JobKind) -> SimWork {
             SimWork::Refuse("not a job that runs (outcome/cancel)".into())
         }
     }
+}
+
+/// The playbooks a simulated agent reports (what [`work_of`] runs), with
+/// the SHA-256 of their names standing in for their contents.
+fn sim_playbooks() -> Vec<vesemir_protocol::control::PlaybookInfo> {
+    use sha2::Digest;
+    [NOOP_PLAYBOOK, SLEEP_PLAYBOOK]
+        .iter()
+        .map(|n| vesemir_protocol::control::PlaybookInfo {
+            name: n.to_string(),
+            sha256: hex::encode(sha2::Sha256::digest(n.as_bytes())),
+        })
+        .collect()
 }
 
 /// A simulated agent's [`Hello::instance`]: one per agent and simulator

@@ -45,11 +45,6 @@ pub struct ControllerConfig {
     /// Static inventory file, when the inventory comes from a file.
     #[serde(default)]
     pub inventory: Option<PathBuf>,
-    /// Playbooks the agents ship besides deploy.yml, rollback.yml and
-    /// restart.yml, so deployments may name them (a site's own, or the
-    /// fleet simulator's `noop.yml` and `sleep.yml`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_playbooks: Vec<String>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -95,7 +90,6 @@ impl ControllerConfig {
             api_timeout: default_api_timeout(),
             chef: None,
             inventory: None,
-            extra_playbooks: Vec::new(),
         }
     }
 
@@ -175,16 +169,6 @@ impl ControllerConfig {
         };
         for key in [dd.ca_key(), dd.server_key()] {
             vesemir_daemon::check_private_key(&key).map_err(|m| invalid("data_dir", &m))?;
-        }
-        if let Some(p) = cfg
-            .extra_playbooks
-            .iter()
-            .find(|p| !crate::api::valid_playbook_name(p))
-        {
-            return Err(invalid(
-                "extra_playbooks",
-                &format!("{p:?} is not the file name of a playbook (like site.yml)"),
-            ));
         }
         if let Some(url) = &cfg.database_url {
             if !(url.starts_with("sqlite:") || url.starts_with("postgres")) {

@@ -26,8 +26,7 @@ pub fn chef_search_answer(bytes: &[u8]) -> Option<usize> {
 /// route's validation on what decodes.
 pub fn api_bodies(bytes: &[u8]) {
     if let Ok(r) = serde_json::from_slice::<crate::deploy::request::DeployRequest>(bytes) {
-        let known = ["deploy.yml".to_string(), "restart.yml".to_string()];
-        let _ = r.validate(&crate::deploy::request::PlaybookCatalog { known: &known });
+        let _ = r.validate();
         let _ = r.concurrency_for(7);
         let _ = r.max_unavailable_for(7);
         // A stored request is read back when a deployment resumes.

@@ -257,12 +257,8 @@ pub async fn serve(
             .run_flusher(cfg.last_seen_flush, stopped(stop_rx.clone())),
     );
     let inventory = inventory.map(Arc::new);
-    let deployments = crate::deploy::Deployments::with_playbooks(
-        store.clone(),
-        fleet.clone(),
-        inventory.clone(),
-        &cfg.extra_playbooks,
-    );
+    let deployments =
+        crate::deploy::Deployments::new(store.clone(), fleet.clone(), inventory.clone());
     let state = Arc::new(AppState {
         store: store.clone(),
         fleet: fleet.clone(),
