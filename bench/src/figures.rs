@@ -280,7 +280,8 @@ async fn real(plan: &Plan) -> Result<Value> {
         tokio::time::sleep(plan.agent_idle / 6).await;
     }
     let cpu = cpu_time(pid).context("agent cpu")? - cpu0;
-    let cpu_pct = cpu.as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    let idle_for = t0.elapsed();
+    let cpu_pct = cpu.as_secs_f64() / idle_for.as_secs_f64() * 100.0;
     let stripped = strip_size(&bin("vesemir-agent"))?;
 
     let mut fanout = Vec::new();
@@ -324,7 +325,7 @@ async fn real(plan: &Plan) -> Result<Value> {
         "servers_left_out_of_rotation": max_out,
         "agent_idle_rss_mib": summary(rss),
         "agent_idle_cpu_pct": cpu_pct,
-        "agent_idle_s": secs(t0.elapsed()),
+        "agent_idle_s": secs(idle_for),
         "agent_stripped_bytes": stripped,
         "agent_unstripped_bytes": std::fs::metadata(bin("vesemir-agent"))?.len(),
         "controller_rss_mib_after": ctl_rss as f64 / 1_048_576.0,
