@@ -8,6 +8,7 @@ use crate::store::Store;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,6 +33,16 @@ const LIMITS: Limits = Limits {
 /// never holds up the accept loop: only peers that already sent a complete
 /// request wait here.
 const MAX_SIGNING: usize = 32;
+
+/// How often the count of connections cut before a request is logged.
+const UNFINISHED_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Where an exchange ended badly: before a complete request (a silent or
+/// slow peer: counted, not logged one by one) or after it.
+enum Stage {
+    Unfinished(String),
+    Failed(String),
+}
 
 /// Where a connection comes from, for the per-source limit: an IPv4
 /// address, or the /64 of an IPv6 one (one host usually owns a whole /64).
@@ -186,8 +197,24 @@ pub async fn serve(
 ) {
     let admission = Arc::new(Mutex::new(Admission::new(LIMITS)));
     let signing = Arc::new(Semaphore::new(MAX_SIGNING));
+    let unfinished = Arc::new(AtomicU64::new(0));
+    let mut summary = tokio::time::interval(UNFINISHED_SUMMARY_EVERY);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (tcp, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = summary.tick() => {
+                let n = unfinished.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    tracing::warn!(
+                        count = n,
+                        "enrollment connections closed without a complete request in the last minute (silent, slow, or not a vesemir agent)"
+                    );
+                }
+                continue;
+            }
+        };
+        let (tcp, remote) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off a little
@@ -222,8 +249,13 @@ pub async fn serve(
             admission: admission.clone(),
             source,
         };
-        let (acceptor, store, ca, signing) =
-            (acceptor.clone(), store.clone(), ca.clone(), signing.clone());
+        let (acceptor, store, ca, signing, unfinished) = (
+            acceptor.clone(),
+            store.clone(),
+            ca.clone(),
+            signing.clone(),
+            unfinished.clone(),
+        );
         tokio::spawn(async move {
             let _slot = slot;
             let result = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
@@ -237,12 +269,16 @@ pub async fn serve(
                 })
                 .await
                 .map_err(|_| {
-                    format!(
+                    Stage::Unfinished(format!(
                         "no complete request within {}s; closed",
                         HANDSHAKE_TIMEOUT.as_secs()
-                    )
-                })??;
-                let _signing = signing.acquire().await.map_err(|e| e.to_string())?;
+                    ))
+                })?
+                .map_err(Stage::Unfinished)?;
+                let _signing = signing
+                    .acquire()
+                    .await
+                    .map_err(|e| Stage::Failed(e.to_string()))?;
                 let node = req.node.clone();
                 let resp = enroll(&store, &ca, cert_ttl, req).await;
                 if let EnrollResponse::Refused { reason } = &resp {
@@ -254,10 +290,10 @@ pub async fn serve(
                 }
                 write_frame(&mut tls, &resp)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Stage::Failed(e.to_string()))?;
                 tokio::io::AsyncWriteExt::shutdown(&mut tls)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Stage::Failed(e.to_string()))
             })
             .await;
             if !matches!(result, Ok(Ok(()))) {
@@ -265,7 +301,15 @@ pub async fn serve(
             }
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!(%remote, error = %e, "enrollment connection failed"),
+                // One line per silent peer would let a flood fill the disk:
+                // counted, and summed up once a minute by the accept loop.
+                Ok(Err(Stage::Unfinished(e))) => {
+                    unfinished.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, error = %e, "enrollment connection closed before a request");
+                }
+                Ok(Err(Stage::Failed(e))) => {
+                    tracing::info!(%remote, error = %e, "enrollment connection failed")
+                }
                 Err(_) => tracing::info!(%remote, "enrollment timed out"),
             }
         });
