@@ -27,7 +27,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Limits on connections that have not finished their exchange yet.
 const LIMITS: Limits = Limits {
     total: 2048,
-    per_source: 8,
+    per_source: 32,
 };
 /// Requests signed at once (CPU and store work). Waiting for one of these
 /// never holds up the accept loop: only peers that already sent a complete
@@ -136,13 +136,32 @@ impl Admission {
 
     /// Gives back the slot of a connection from `source`.
     pub fn release(&mut self, source: Source) {
-        if let Some(entry) = self.per_source.get_mut(&source) {
-            entry.0 = entry.0.saturating_sub(1);
+        if self.release_source(source) {
             self.total = self.total.saturating_sub(1);
-            if entry.0 == 0 {
-                self.per_source.remove(&source);
-            }
         }
+    }
+
+    /// A connection from `source` delivered its complete request: it no
+    /// longer counts against its source (many VMs behind one NAT enroll at
+    /// once), only against the total until it ends ([`Admission::release_total`]).
+    pub fn request_complete(&mut self, source: Source) {
+        self.release_source(source);
+    }
+
+    /// Gives back the total slot of a connection already [`Admission::request_complete`].
+    pub fn release_total(&mut self) {
+        self.total = self.total.saturating_sub(1);
+    }
+
+    fn release_source(&mut self, source: Source) -> bool {
+        let Some(entry) = self.per_source.get_mut(&source) else {
+            return false;
+        };
+        entry.0 = entry.0.saturating_sub(1);
+        if entry.0 == 0 {
+            self.per_source.remove(&source);
+        }
+        true
     }
 
     /// Connections holding a slot.
@@ -155,15 +174,28 @@ impl Admission {
 /// whichever way the task ends.
 struct Slot {
     admission: Arc<Mutex<Admission>>,
-    source: Source,
+    /// Still counted against its source (until the request is complete).
+    source: Option<Source>,
+}
+
+impl Slot {
+    fn request_complete(&mut self) {
+        if let Some(source) = self.source.take() {
+            self.admission
+                .lock()
+                .expect("admission lock")
+                .request_complete(source);
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.admission
-            .lock()
-            .expect("admission lock")
-            .release(self.source);
+        let mut admission = self.admission.lock().expect("admission lock");
+        match self.source {
+            Some(source) => admission.release(source),
+            None => admission.release_total(),
+        }
     }
 }
 
@@ -245,9 +277,9 @@ pub async fn serve(
                 continue;
             }
         }
-        let slot = Slot {
+        let mut slot = Slot {
             admission: admission.clone(),
-            source,
+            source: Some(source),
         };
         let (acceptor, store, ca, signing, unfinished) = (
             acceptor.clone(),
@@ -257,7 +289,6 @@ pub async fn serve(
             unfinished.clone(),
         );
         tokio::spawn(async move {
-            let _slot = slot;
             let result = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
                 let (mut tls, req) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                     let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
@@ -275,6 +306,7 @@ pub async fn serve(
                     ))
                 })?
                 .map_err(Stage::Unfinished)?;
+                slot.request_complete();
                 let _signing = signing
                     .acquire()
                     .await
@@ -442,6 +474,22 @@ mod tests {
             a.admit(src("10.0.0.1")),
             Err(Refusal::PerSource { first: true })
         );
+    }
+
+    #[test]
+    fn a_complete_request_frees_its_source_but_not_the_total() {
+        let mut a = Admission::new(Limits {
+            total: 3,
+            per_source: 1,
+        });
+        a.admit(src("10.0.0.1")).unwrap();
+        assert!(a.admit(src("10.0.0.1")).is_err());
+        a.request_complete(src("10.0.0.1"));
+        assert_eq!(a.admit(src("10.0.0.1")), Ok(()));
+        assert_eq!(a.in_flight(), 2);
+        a.release_total();
+        a.release(src("10.0.0.1"));
+        assert_eq!(a.in_flight(), 0);
     }
 
     #[test]
