@@ -180,11 +180,11 @@ pub async fn enroll_all(
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(in_flight.max(1)));
     let mut set = tokio::task::JoinSet::new();
-    for name in todo {
+    for (i, name) in todo.into_iter().enumerate() {
         let (tls, token, permits) = (tls.clone(), token.to_string(), permits.clone());
         set.spawn(async move {
             let _p = permits.acquire_owned().await.expect("semaphore open");
-            let r = enroll_one(addr, tls, &token, &name).await;
+            let r = enroll_one(addr, source_of(addr, i), tls, &token, &name).await;
             (name, r)
         });
     }
@@ -207,9 +207,25 @@ pub async fn enroll_all(
     Ok((ids, report))
 }
 
+/// The address the `i`-th simulated agent enrolls from. A fleet's agents
+/// come from as many addresses as they are VMs, and the controller limits
+/// the unfinished enrollments of one source; against a loopback controller
+/// each simulated agent therefore takes its own address of 127.0.0.0/8
+/// (all of it is local on Linux), else the system chooses.
+fn source_of(controller: SocketAddr, i: usize) -> Option<SocketAddr> {
+    match controller {
+        SocketAddr::V4(a) if a.ip().is_loopback() => {
+            let ip = std::net::Ipv4Addr::new(127, 1 + (i / 250 % 200) as u8, (i % 250) as u8, 1);
+            Some(SocketAddr::new(ip.into(), 0))
+        }
+        _ => None,
+    }
+}
+
 /// One enrollment exchange, exactly as `vesemir-agent enroll` does it.
 async fn enroll_one(
     addr: SocketAddr,
+    source: Option<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
     token: &str,
     name: &str,
@@ -217,9 +233,15 @@ async fn enroll_one(
     let (key_pem, csr_pem) = new_key_and_csr(name).map_err(|e| e.to_string())?;
     let server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
     let resp = tokio::time::timeout(Duration::from_secs(20), async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let tcp = match source {
+            Some(src) => {
+                let s = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+                s.bind(src).map_err(|e| format!("bind {src}: {e}"))?;
+                s.connect(addr).await
+            }
+            None => tokio::net::TcpStream::connect(addr).await,
+        }
+        .map_err(|e| format!("connect: {e}"))?;
         let mut stream = tokio_rustls::TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await
