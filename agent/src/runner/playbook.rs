@@ -531,10 +531,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> 
     }
     for k in IGNORED_PLAY_KEYS {
         if let Some(v) = play.get(*k) {
-            if *k == "become" || *k == "gather_facts" {
-                if !matches!(v, Value::Bool(_) | Value::String(_) | Value::Null) {
-                    return Err(invalid(key_loc(k), format!("`{k}` must be true or false")));
-                }
+            if (*k == "become" || *k == "gather_facts")
+                && !matches!(v, Value::Bool(_) | Value::String(_) | Value::Null)
+            {
+                return Err(invalid(key_loc(k), format!("`{k}` must be true or false")));
             }
         }
     }
@@ -775,7 +775,10 @@ fn unquote(v: &str) -> String {
 
 /// Words of a free-form argument string with their byte spans; spaces
 /// inside quotes or `{{ }}` / `{% %}` do not split.
-fn template_words(s: &str) -> Result<Vec<(String, (usize, usize))>, String> {
+/// A word and its byte span in the argument string.
+type Word = (String, (usize, usize));
+
+fn template_words(s: &str) -> Result<Vec<Word>, String> {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;

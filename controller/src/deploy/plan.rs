@@ -69,12 +69,12 @@ impl PlaybookCoverage {
     }
 }
 
+/// A host and the playbooks (name, sha256) its agent reported, if any.
+pub type ReportedPlaybooks = (String, Option<Vec<(String, String)>>);
+
 /// Compares the playbook `name` across hosts: `hosts` gives each host's
 /// reported playbooks (name, sha256), None when its agent never reported.
-pub fn playbook_coverage(
-    name: &str,
-    hosts: &[(String, Option<Vec<(String, String)>>)],
-) -> PlaybookCoverage {
+pub fn playbook_coverage(name: &str, hosts: &[ReportedPlaybooks]) -> PlaybookCoverage {
     let mut c = PlaybookCoverage {
         name: name.to_string(),
         ..Default::default()
@@ -379,11 +379,20 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
         .unwrap_or_default())
 }
 
+/// Batches as the sliding window would start them if every host took the
+/// same time (for the dry-run view).
+pub fn batches(names: &[String], concurrency: usize) -> Vec<Vec<String>> {
+    names
+        .chunks(concurrency.max(1))
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn host(name: &str, books: Option<&[(&str, &str)]>) -> (String, Option<Vec<(String, String)>>) {
+    fn host(name: &str, books: Option<&[(&str, &str)]>) -> ReportedPlaybooks {
         (
             name.to_string(),
             books.map(|b| {
@@ -426,13 +435,4 @@ mod tests {
             playbook_coverage("p.yml", &rev).sha256
         );
     }
-}
-
-/// Batches as the sliding window would start them if every host took the
-/// same time (for the dry-run view).
-pub fn batches(names: &[String], concurrency: usize) -> Vec<Vec<String>> {
-    names
-        .chunks(concurrency.max(1))
-        .map(|c| c.to_vec())
-        .collect()
 }
