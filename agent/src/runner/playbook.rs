@@ -1548,6 +1548,16 @@ pub(crate) fn eval_bool(
         .strip_prefix("{{")
         .and_then(|s| s.strip_suffix("}}"))
         .unwrap_or(inner);
+    // minijinja's expression lexer panics ("empty lexer stack") on a stray
+    // `}}` (found by fuzzing: `{{ a }} and {{ b }}` strips to `a }} and {{ b`).
+    if ["{{", "}}", "{%", "%}", "{#", "#}"]
+        .iter()
+        .any(|d| inner.contains(d))
+    {
+        return Err(format!(
+            "expression `{expr}`: write one expression (`a and b`), not several `{{{{ }}}}` blocks"
+        ));
+    }
     let e = env
         .compile_expression(inner)
         .map_err(|e| format!("expression `{expr}`: {}", describe(&e)))?;
@@ -1897,6 +1907,17 @@ mod tests {
         let path = Path::new("/nonexistent/pb.yml");
         let pb = parse(path, text).map_err(|e| e.to_string())?;
         check(&pb, &BTreeMap::new(), None, &Value::Null, CheckMode::Lint).map_err(|e| e.to_string())
+    }
+
+    /// Found by the `template` fuzz target: minijinja panicked on this.
+    #[test]
+    fn stray_braces_in_an_expression_are_an_error_not_a_panic() {
+        let e = eval_bool(&environment(), "{{ a }} and {{ b }}", &Map::new()).unwrap_err();
+        assert!(e.contains("one expression"), "{e}");
+        assert_eq!(
+            eval_bool(&environment(), "{{ 1 < 2 }}", &Map::new()),
+            Ok(true)
+        );
     }
 
     #[test]
