@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         version: "1.2.3".into(),
         url: "http://127.0.0.1:1/app.tar.gz".into(),
         sha256: "0".repeat(64),
+        playbook: None,
     };
     let _ = vesemir_agent::fuzzing::check_playbook(text, &vars, Some(&cs));
 });
