@@ -194,17 +194,7 @@ async fn session(
         Err(e) => return SessionEnd::Lost(format!("TLS config: {e}")),
     };
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("idle timeout"),
-        ))
-        // One stream per job; an HAProxy VM serves one per host in flight
-        // (concurrency is capped at 1000).
-        .max_concurrent_bidi_streams(1024u32.into())
-        .max_concurrent_uni_streams(0u32.into());
-    client.transport_config(Arc::new(transport));
+    client.transport_config(Arc::new(transport_config()));
     endpoint.set_default_client_config(client);
 
     let connecting = match endpoint.connect(addr, server_name) {
@@ -223,6 +213,22 @@ async fn session(
     // Let the close frame go out.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     end
+}
+
+/// The agent's QUIC transport settings; the fleet simulator uses the same,
+/// so what it measures is what agents do.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("idle timeout"),
+        ))
+        // One stream per job; an HAProxy VM serves one per host in flight
+        // (concurrency is capped at 1000).
+        .max_concurrent_bidi_streams(1024u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    transport
 }
 
 /// This process's [`Hello::instance`]: the same for every reconnect.

@@ -532,16 +532,7 @@ impl SimAgent {
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        // The agent's transport settings (agent/src/session.rs).
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(5)))
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("idle timeout"),
-            ))
-            .max_concurrent_bidi_streams(1024u32.into())
-            .max_concurrent_uni_streams(0u32.into());
-        client.transport_config(Arc::new(transport));
+        client.transport_config(Arc::new(vesemir_agent::session::transport_config()));
         Ok(client)
     }
 
