@@ -118,7 +118,7 @@ async fn submit(
             "dry_run": true, "application": req.application, "environment": req.environment,
             "query": plan.query, "haproxy_query": plan.haproxy_query,
             "concurrency": concurrency, "max_unavailable": req.max_unavailable_for(names.len()),
-            "hosts": plan.hosts, "batches": batches(&names, concurrency),
+            "hosts": plan.hosts, "batches": batches(&req, &names),
             "haproxy": req.haproxy.as_ref().map(|h| json!({"backend": h.backend, "vms": plan.haproxy_vms})),
             "problems": plan.problems,
             "playbook": plan.playbook,

@@ -19,6 +19,7 @@ pub mod logs;
 pub mod orchestrator;
 pub mod plan;
 pub mod request;
+pub mod rollout;
 
 use crate::fleet::Fleet;
 use crate::inventory::InventorySource;

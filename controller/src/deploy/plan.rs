@@ -381,11 +381,15 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
 
 /// Batches as the sliding window would start them if every host took the
 /// same time (for the dry-run view).
-pub fn batches(names: &[String], concurrency: usize) -> Vec<Vec<String>> {
-    names
-        .chunks(concurrency.max(1))
-        .map(|c| c.to_vec())
-        .collect()
+pub fn batches(req: &DeployRequest, names: &[String]) -> Vec<Vec<String>> {
+    let total = names.len();
+    // The same window the orchestrator runs: with HAProxy, max_unavailable
+    // bounds a batch as well as concurrency.
+    super::rollout::dry_run_batches(
+        names,
+        req.concurrency_for(total),
+        req.haproxy.as_ref().map(|_| req.max_unavailable_for(total)),
+    )
 }
 
 #[cfg(test)]
