@@ -16,6 +16,11 @@ use std::sync::Once;
 use std::time::Duration;
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+// Equal in meaning to the SQLite ones, migration for migration (same numbers
+// and names): the schema is portable already (TEXT, BIGINT, no booleans:
+// flags are BIGINT 0/1 on both), so a change to one directory needs the
+// same change in the other.
+static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +32,7 @@ pub enum StoreError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL names a backend this build does not support yet.
-    #[error("unsupported database URL {0}: use sqlite://PATH")]
+    #[error("unsupported database URL {0}: use sqlite://PATH or postgres://USER@HOST/DB")]
     Unsupported(String),
 }
 
@@ -158,10 +163,6 @@ impl Store {
         } else {
             return Err(StoreError::Unsupported(url.to_string()));
         };
-        if backend == Backend::Postgres {
-            // The PostgreSQL migrations land with the multi-controller issue.
-            return Err(StoreError::Unsupported(url.to_string()));
-        }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(10))
@@ -198,6 +199,10 @@ impl Store {
                 .execute(&pool)
                 .await?;
             MIGRATOR_SQLITE.run(&pool).await?;
+        } else {
+            // sqlx takes an advisory lock around PostgreSQL migrations, so
+            // controllers starting together on one database migrate once.
+            MIGRATOR_POSTGRES.run(&pool).await?;
         }
         Ok(Store { pool, backend })
     }
@@ -229,7 +234,13 @@ impl Store {
         }
     }
 
-    /// Starts a transaction that writes. On SQLite it is `BEGIN IMMEDIATE`:
+    /// Starts a transaction that writes. On PostgreSQL it is a plain `BEGIN`
+    /// (READ COMMITTED): writers lock rows, not the database, and no
+    /// transaction here depends on a read staying true until it writes: the
+    /// one read-then-write, an enrollment claiming a node name, is an
+    /// `INSERT … ON CONFLICT DO NOTHING` (atomic on both backends), and the
+    /// others are `UPDATE`s whose row locks order concurrent writers. So no
+    /// `SELECT … FOR UPDATE` or `LOCK TABLE` is needed. On SQLite it is `BEGIN IMMEDIATE`:
     /// the write lock is taken up front, where `busy_timeout` makes it wait
     /// its turn. A deferred transaction that reads first and then writes
     /// can't wait: when another writer committed in between, SQLite refuses
@@ -387,26 +398,23 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let recorded = if enrollment {
-            let exists = sqlx::query(&self.sql("SELECT name FROM agents WHERE name = ?"))
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_some() {
-                false
-            } else {
-                sqlx::query(&self.sql(
-                    "INSERT INTO agents (name, cert_serial, cert_fingerprint, cert_not_after, version, first_seen) \
-                     VALUES (?, ?, ?, ?, '', ?)",
-                ))
-                .bind(name)
-                .bind(serial)
-                .bind(fingerprint)
-                .bind(not_after_ms)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
+            // One statement claims the name: on PostgreSQL a SELECT and then
+            // an INSERT would let two enrollments of one name both see it
+            // free, and the loser would fail with a key violation instead of
+            // a clean refusal. ON CONFLICT is understood by both backends.
+            sqlx::query(&self.sql(
+                "INSERT INTO agents (name, cert_serial, cert_fingerprint, cert_not_after, version, first_seen) \
+                 VALUES (?, ?, ?, ?, '', ?) ON CONFLICT (name) DO NOTHING",
+            ))
+            .bind(name)
+            .bind(serial)
+            .bind(fingerprint)
+            .bind(not_after_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1
         } else {
             sqlx::query(&self.sql(
                 "UPDATE agents SET cert_serial = ?, cert_fingerprint = ?, cert_not_after = ? \
