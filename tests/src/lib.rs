@@ -4,3 +4,4 @@ pub mod browser;
 pub mod fleet;
 pub mod goiardi;
 pub mod haproxy;
+pub mod postgres;
