@@ -7,10 +7,14 @@
 use super::logs::LogWriter;
 use super::plan::{haproxy_job, make_plan};
 use super::request::DeployRequest;
+use super::rollout::{
+    Action, BackendServer, HostOutcome, HostState, HostStatus, Limits, ParseError, Rollout,
+    Unreadable,
+};
 use super::Deployments;
 use crate::store::{HaproxyActionRow, HostRow, NewHost, StoreError};
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -254,71 +258,111 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
     let d = &ctx.d;
     let id = ctx.id.as_str();
     let hosts = d.store.deployment_hosts(id).await?;
-    let total = hosts.len();
-    let concurrency = ctx.req.concurrency_for(total);
-    let max_unavailable = ctx.req.max_unavailable_for(total);
-    let guarded = ctx.req.haproxy.is_some();
-    let mut failures = hosts
+    let states: Result<Vec<HostState>, ParseError> = hosts
         .iter()
-        .filter(|h| matches!(h.status.as_str(), "failed" | "unreachable"))
-        .count();
-    // Servers out of rotation because of this deployment: in flight, or
-    // left in maint by a failed host.
-    let mut out_of_rotation = hosts.iter().filter(|h| h.rotation == "maint").count();
-    let mut pending: std::collections::VecDeque<HostRow> = hosts
-        .iter()
-        .filter(|h| h.status == "pending")
-        .cloned()
+        .map(|h| {
+            Ok(HostState {
+                name: h.name.clone(),
+                server: h.server_name.clone(),
+                status: h.status.parse()?,
+                rotation: h.rotation.parse()?,
+            })
+        })
         .collect();
-    // Our servers: whatever HAProxy says about them is already counted above.
-    let ours: HashSet<String> = hosts.iter().map(|h| h.server_name.clone()).collect();
+    let states = match states {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("stored hosts unreadable: {e}");
+            ctx.log
+                .push(
+                    None,
+                    "deployment",
+                    json!({"status": "failed", "error": msg}),
+                )
+                .await;
+            d.store.finish_deployment(id, "failed", Some(&msg)).await?;
+            crate::metrics::deployment_finished(&d.store, id).await;
+            return Ok(());
+        }
+    };
+    let total = hosts.len();
+    let mut machine = Rollout::new(
+        Limits {
+            concurrency: ctx.req.concurrency_for(total),
+            max_unavailable: ctx.req.max_unavailable_for(total),
+            max_fail_percentage: ctx.req.max_fail_percentage,
+            haproxy_vms: if ctx.req.haproxy.is_some() {
+                ctx.haproxy_vms.clone()
+            } else {
+                Vec::new()
+            },
+            reread_ms: EXTERNAL_READ_REUSE.as_millis() as u64,
+        },
+        &states,
+    );
+    let rows: HashMap<String, HostRow> = hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
+    // The machine's clock: ms since the window opened, read only here.
+    let opened = Instant::now();
+    let now_ms = || opened.elapsed().as_millis() as u64;
 
     let mut set: JoinSet<(String, HostEnd)> = JoinSet::new();
     let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut reruns: HashMap<String, u32> = HashMap::new();
-    // Hosts that were in flight when the controller stopped come first.
-    for h in hosts.iter().filter(|h| h.status == "running").cloned() {
-        out_of_rotation += 1;
-        spawn_host(&mut set, &mut names, &ctx, h, true, Duration::ZERO);
+    for name in machine.resumed() {
+        spawn_host(
+            &mut set,
+            &mut names,
+            &ctx,
+            rows[&name].clone(),
+            true,
+            Duration::ZERO,
+        );
     }
 
-    let exceeded = |failures: usize| failures * 100 > ctx.req.max_fail_percentage as usize * total;
     let mut cancelled = d
         .store
         .get_deployment(id)
         .await?
         .is_some_and(|r| r.cancel_requested);
-    let mut capacity_blocked;
-    let mut external_out = 0;
-    let mut external_read: Option<Instant> = None;
+    if cancelled {
+        machine.cancel();
+    }
     let mut shutting_down = false;
-    loop {
-        capacity_blocked = false;
-        if !cancelled && !exceeded(failures) && !shutting_down {
-            while set.len() < concurrency && !pending.is_empty() {
-                if guarded {
-                    // Servers taken out by someone else (an earlier aborted
-                    // deployment, an operator) count against the guard too.
-                    if external_read.is_none_or(|t| t.elapsed() > EXTERNAL_READ_REUSE) {
-                        external_out = external_out_of_rotation(&ctx, &ours).await;
-                        external_read = Some(Instant::now());
+    let mut wait_until: Option<u64> = None;
+    let finish = 'window: loop {
+        // Act on every action the machine has, feeding results back; each
+        // host's decisions are persisted by its run before it acts.
+        while !shutting_down && wait_until.is_none() {
+            match machine.poll(now_ms()) {
+                Some(Action::QueryBackend(vm)) => {
+                    let r = read_backend(&ctx, &vm).await;
+                    if let Err(e) = &r {
+                        tracing::warn!(vm = %vm, error = %e, "cannot read the backend's servers; no new host starts until it can");
                     }
-                    if out_of_rotation + external_out >= max_unavailable {
-                        capacity_blocked = true;
-                        break;
-                    }
-                    out_of_rotation += 1;
+                    machine.servers_state(&vm, now_ms(), r);
                 }
-                let Some(h) = pending.pop_front() else { break };
-                spawn_host(&mut set, &mut names, &ctx, h, false, Duration::ZERO);
+                Some(Action::StartHost(name)) => {
+                    spawn_host(
+                        &mut set,
+                        &mut names,
+                        &ctx,
+                        rows[&name].clone(),
+                        false,
+                        Duration::ZERO,
+                    );
+                }
+                Some(Action::WaitUntil(t)) => wait_until = Some(t),
+                Some(Action::Finish { status, error }) => break 'window Some((status, error)),
+                None => break,
             }
         }
-        if set.is_empty() {
-            break;
+        if set.is_empty() && (shutting_down || wait_until.is_none()) {
+            break None;
         }
         let watch_wake = !cancelled && !shutting_down;
+        let sleep = Duration::from_millis(wait_until.map_or(0, |t| t.saturating_sub(now_ms())));
         tokio::select! {
-            joined = set.join_next_with_id() => {
+            joined = set.join_next_with_id(), if !set.is_empty() => {
                 let Some(joined) = joined else { continue };
                 let (name, end) = match joined {
                     Ok((task, x)) => {
@@ -332,90 +376,66 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
                     }
                 };
                 match end {
-                    HostEnd::Succeeded => {
-                        if guarded { out_of_rotation -= 1; }
-                    }
-                    HostEnd::Failed => {
-                        failures += 1;
-                        // Left in maint: still out of rotation.
-                    }
+                    HostEnd::Succeeded => machine.host_ended(&name, HostOutcome::Succeeded),
+                    HostEnd::Failed => machine.host_ended(&name, HostOutcome::Failed),
                     HostEnd::Interrupted if shutting_down || d.shutdown.is_cancelled() => {}
                     HostEnd::Interrupted => {
-                        // A store error or a panic cut the run short: run it
-                        // again from its stored state, like after a restart.
                         let n = reruns.entry(name.clone()).or_insert(0);
                         *n += 1;
                         let row = d.store.deployment_hosts(id).await?.into_iter().find(|h| h.name == name);
-                        match row {
-                            Some(row) if row.status == "running" && *n <= MAX_HOST_RERUNS => {
+                        match row.as_ref().map(|r| r.status.parse::<HostStatus>()) {
+                            Some(Ok(HostStatus::Running)) if *n <= MAX_HOST_RERUNS => {
                                 tracing::warn!(deployment_id = %id, host = %name, attempt = *n, "host run interrupted; resuming it");
                                 let delay = Duration::from_millis(500 * u64::from(*n));
-                                spawn_host(&mut set, &mut names, &ctx, row, true, delay);
+                                spawn_host(&mut set, &mut names, &ctx, row.expect("matched"), true, delay);
                             }
-                            Some(row) if row.status == "running" => {
+                            Some(Ok(HostStatus::Succeeded)) => machine.host_ended(&name, HostOutcome::Succeeded),
+                            Some(Ok(HostStatus::Running)) => {
                                 tracing::error!(deployment_id = %id, host = %name, "host run keeps failing; giving up on it");
-                                failures += 1;
+                                machine.host_abandoned(&name);
                             }
-                            _ => {}
+                            _ => machine.host_abandoned(&name),
                         }
                     }
                 }
                 tracing::debug!(deployment_id = %id, host = %name, ?end, "host done");
+            }
+            _ = tokio::time::sleep(sleep), if wait_until.is_some() && !shutting_down => {
+                wait_until = None;
             }
             _ = wake.cancelled(), if watch_wake => {
                 if d.shutdown.is_cancelled() {
                     shutting_down = true;
                 } else {
                     cancelled = true;
+                    machine.cancel();
+                    wait_until = None;
                     ctx.log.push(None, "deployment", json!({"status": "cancelling"})).await;
                 }
             }
         }
-    }
+    };
     if shutting_down || d.shutdown.is_cancelled() {
         tracing::info!(deployment_id = %id, "controller stopping; deployment resumes on the next start");
         return Ok(());
     }
-    // Never end with a host whose state is unknown (its server could be
-    // drained): leave the deployment running for the next resume.
     let stuck: Vec<String> = d
         .store
         .deployment_hosts(id)
         .await?
         .into_iter()
-        .filter(|h| h.status == "running")
+        .filter(|h| h.status == HostStatus::Running.as_str())
         .map(|h| h.name)
         .collect();
     if !stuck.is_empty() {
         tracing::error!(deployment_id = %id, hosts = ?stuck, "hosts still running after the window closed; the deployment resumes later");
         return Ok(());
     }
-    let (status, error) = if cancelled {
-        ("cancelled", Some("cancelled on request".to_string()))
-    } else if exceeded(failures) {
-        (
-            "aborted",
-            Some(format!(
-                "{failures} of {total} hosts failed, more than max_fail_percentage {}%",
-                ctx.req.max_fail_percentage
-            )),
-        )
-    } else if capacity_blocked || !pending.is_empty() {
-        (
-            "aborted",
-            Some(format!(
-                "{} servers are out of rotation ({out_of_rotation} by this deployment, failed hosts stay in maint; {external_out} by others), reaching max_unavailable {max_unavailable}; no further host can start",
-                out_of_rotation + external_out
-            )),
-        )
-    } else if failures > 0 {
-        (
-            "failed",
-            Some(format!("{failures} of {total} hosts failed")),
-        )
-    } else {
-        ("succeeded", None)
+    let Some((status, error)) = finish else {
+        tracing::error!(deployment_id = %id, "the window closed without an end; the deployment resumes later");
+        return Ok(());
     };
+    let status = status.as_str();
     ctx.log
         .push(
             None,
@@ -431,52 +451,58 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Servers of the backend that are administratively out of rotation (maint
-/// or drain) on any HAProxy VM and are not this deployment's. Servers only
-/// failing their health checks are not counted: deploying to them takes no
-/// capacity away. An unanswered query counts nothing (and is logged).
-async fn external_out_of_rotation(ctx: &Ctx, ours: &HashSet<String>) -> usize {
-    let Some(hp) = &ctx.req.haproxy else { return 0 };
-    let mut out: HashSet<String> = HashSet::new();
-    for vm in &ctx.haproxy_vms {
-        let res = haproxy_job(
-            &ctx.d.fleet,
-            vm,
-            Some(&ctx.id),
-            vec![HaproxyAction::ServersState {
-                backend: hp.backend.clone(),
-            }],
-            Duration::from_secs(10),
-        )
-        .await;
-        let replies: serde_json::Value = match res {
-            Ok(o) if o.status == JobStatus::Succeeded => o
-                .output
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default(),
-            Ok(o) => {
-                tracing::warn!(vm = %vm, error = ?o.error, "cannot read the backend's servers; counting only ours");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(vm = %vm, error = %e, "cannot read the backend's servers; counting only ours");
-                continue;
-            }
-        };
-        for srv in replies[0]["ServersState"].as_array().into_iter().flatten() {
-            let name = srv["name"].as_str().unwrap_or_default();
-            let admin = srv["admin_state"].as_u64().unwrap_or(0);
-            if admin != 0 && !ours.contains(name) {
-                out.insert(name.to_string());
-            }
-        }
+/// The backend's servers on one HAProxy VM. Anything short of a full,
+/// well-formed answer is [`Unreadable`]: the guard fails closed on it.
+async fn read_backend(ctx: &Ctx, vm: &str) -> Result<Vec<BackendServer>, Unreadable> {
+    let Some(hp) = &ctx.req.haproxy else {
+        return Ok(Vec::new());
+    };
+    if !wait_for_agent(&ctx.d, vm).await {
+        return Err(Unreadable(format!(
+            "HAProxy VM {vm} has no connected agent"
+        )));
     }
-    out.len()
+    let o = haproxy_job(
+        &ctx.d.fleet,
+        vm,
+        Some(&ctx.id),
+        vec![HaproxyAction::ServersState {
+            backend: hp.backend.clone(),
+        }],
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(Unreadable)?;
+    if o.status != JobStatus::Succeeded {
+        return Err(Unreadable(o.error.unwrap_or_else(|| {
+            format!("the read ended {}", o.status.as_str())
+        })));
+    }
+    let replies: serde_json::Value = o
+        .output
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| Unreadable("the agent's reply is not JSON".into()))?;
+    let servers = replies[0]["ServersState"]
+        .as_array()
+        .ok_or_else(|| Unreadable("the agent's reply has no server list".into()))?;
+    servers
+        .iter()
+        .map(|srv| {
+            let name = srv["name"]
+                .as_str()
+                .ok_or_else(|| Unreadable("a server without a name in the reply".into()))?;
+            let admin = srv["admin_state"]
+                .as_u64()
+                .ok_or_else(|| Unreadable(format!("server {name} without an admin state")))?;
+            Ok(BackendServer {
+                name: name.to_string(),
+                out: admin != 0,
+            })
+        })
+        .collect()
 }
 
-/// One host's run: drain on every HAProxy VM, wait for sessions to end,
-/// run the playbook, then ready + weight ramp, or maint on failure.
 struct HostRun {
     ctx: Arc<Ctx>,
     host: HostRow,
