@@ -45,7 +45,11 @@ pub fn deployment_json(
     hosts: Option<&[HostRow]>,
     actions: Option<&[HaproxyActionRow]>,
 ) -> Value {
-    let request: Value = serde_json::from_str(&d.request).unwrap_or(Value::Null);
+    // Versioned or raw, the view shows the request itself (no envelope).
+    let request: Value = vesemir_api::StoredRequest::parse(&d.request)
+        .ok()
+        .and_then(|r| serde_json::to_value(r.into_request()).ok())
+        .unwrap_or(Value::Null);
     let mut v = json!({
         "id": d.id, "application": d.application, "environment": d.environment, "team": d.team,
         "status": d.status, "requested_by": d.requested_by,
@@ -298,13 +302,9 @@ pub async fn rollback(
             ),
         ));
     };
-    let mut req: DeployRequest = serde_json::from_str(&previous.request).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("stored request unreadable: {e}"),
-        )
-    })?;
+    let mut req: DeployRequest = vesemir_api::StoredRequest::parse(&previous.request)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .into_request();
     req.dry_run = false;
     tracing::info!(application = %body.application, environment = %body.environment, to = ?previous.changeset_version, "rollback requested");
     submit(&state, &caller, &headers, req).await

@@ -18,7 +18,6 @@
 //! is ANDed with the other fields by Chef; the static inventory rejects it
 //! ([`InventoryError::RawQueryUnsupported`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 pub mod chef;
@@ -30,103 +29,17 @@ pub use chef::{ChefClient, ChefConfig, ChefError, ChefInventory};
 pub use sign::{SignVersion, SigningKey};
 pub use static_file::StaticInventory;
 
-/// Which hosts to pick. All fields are optional and ANDed; an empty selector
-/// is refused ([`InventoryError::EmptySelector`]) so nobody deploys to the
-/// whole fleet by forgetting a flag.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Selector {
-    /// Every one of these tags must be on the node (`app:payments`).
-    pub tags: Vec<String>,
-    /// None of these tags may be on the node.
-    pub not_tags: Vec<String>,
-    /// Every one of these roles must be in the node's (expanded) run list.
-    pub roles: Vec<String>,
-    /// Every one of these recipes must be in the node's (expanded) run list.
-    pub recipes: Vec<String>,
-    /// The node's Chef environment.
-    pub environment: Option<String>,
-    /// Attribute equality; nested keys with `.` or `_` (`cloud.region`).
-    pub attributes: BTreeMap<String, String>,
-    /// Raw Lucene query for experts, sent unescaped and ANDed with the other
-    /// fields. Chef only.
-    pub query: Option<String>,
-}
+/// Which hosts to pick: defined with its validation in `vesemir-api` (a wire
+/// type); its errors become [`InventoryError::EmptySelector`] and
+/// [`InventoryError::InvalidSelector`].
+pub use vesemir_api::Selector;
 
-impl Selector {
-    /// True when no field is set.
-    pub fn is_empty(&self) -> bool {
-        self.tags.is_empty()
-            && self.not_tags.is_empty()
-            && self.roles.is_empty()
-            && self.recipes.is_empty()
-            && self.environment.is_none()
-            && self.attributes.is_empty()
-            && self.query.is_none()
-    }
-
-    /// Refuse empty selectors, empty values (an empty value would match
-    /// nothing in Chef and be a typo in practice) and wildcards in values.
-    pub fn validate(&self) -> Result<(), InventoryError> {
-        if self.is_empty() {
-            return Err(InventoryError::EmptySelector);
+impl From<vesemir_api::SelectorError> for InventoryError {
+    fn from(e: vesemir_api::SelectorError) -> Self {
+        match e {
+            vesemir_api::SelectorError::Empty => InventoryError::EmptySelector,
+            vesemir_api::SelectorError::Invalid(m) => InventoryError::InvalidSelector(m),
         }
-        let lists = [
-            ("tag", &self.tags),
-            ("not-tag", &self.not_tags),
-            ("role", &self.roles),
-            ("recipe", &self.recipes),
-        ];
-        let env = self.environment.iter().collect::<Vec<_>>();
-        let attr_values = self.attributes.values().collect::<Vec<_>>();
-        for (what, values) in lists
-            .iter()
-            .map(|(w, v)| (*w, v.iter().collect::<Vec<_>>()))
-            .chain([("environment", env), ("attribute", attr_values)])
-        {
-            for v in values {
-                if v.trim().is_empty() {
-                    return Err(InventoryError::InvalidSelector(format!(
-                        "empty {what} value"
-                    )));
-                }
-                // Wildcards are refused, not escaped: goiardi expands `*` even
-                // when escaped, and a selector that silently widens is how a
-                // deploy reaches the wrong fleet. Raw queries may use them.
-                if v.contains(['*', '?']) {
-                    return Err(InventoryError::InvalidSelector(format!(
-                        "{what} value {v:?} contains a wildcard ('*' or '?'); selector values match exactly, use a raw query for patterns"
-                    )));
-                }
-            }
-        }
-        if self.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
-            return Err(InventoryError::InvalidSelector(
-                "empty raw query".to_string(),
-            ));
-        }
-        for key in self.attributes.keys() {
-            query::attribute_field(key)?;
-        }
-        Ok(())
-    }
-
-    /// One-line human description, used as [`Resolution::query`] for sources
-    /// that have no query language.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(env) = &self.environment {
-            parts.push(format!("environment={env}"));
-        }
-        parts.extend(self.tags.iter().map(|t| format!("tag={t}")));
-        parts.extend(self.not_tags.iter().map(|t| format!("not-tag={t}")));
-        parts.extend(self.roles.iter().map(|r| format!("role={r}")));
-        parts.extend(self.recipes.iter().map(|r| format!("recipe={r}")));
-        parts.extend(self.attributes.iter().map(|(k, v)| format!("{k}={v}")));
-        if let Some(q) = &self.query {
-            parts.push(format!("query=({q})"));
-        }
-        parts.join(" AND ")
     }
 }
 

@@ -26,17 +26,7 @@ pub fn escape(value: &str) -> String {
 /// with `_` (`cloud.public_ipv4` → `cloud_public_ipv4`). Only ASCII letters,
 /// digits, `_` and `.` are accepted, so a key can never smuggle in syntax.
 pub fn attribute_field(key: &str) -> Result<String, InventoryError> {
-    if key.is_empty()
-        || !key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        || key.starts_with('.')
-        || key.ends_with('.')
-    {
-        return Err(InventoryError::InvalidSelector(format!(
-            "attribute name {key:?} is not valid: use letters, digits, '_' and '.' for nesting (e.g. cloud.public_ipv4)"
-        )));
-    }
+    vesemir_api::check_attribute_key(key)?;
     Ok(key.replace('.', "_"))
 }
 
