@@ -7,6 +7,7 @@
 use super::logs::LogWriter;
 use super::plan::{haproxy_job, make_plan};
 use super::request::DeployRequest;
+use super::rollout::Step;
 use super::rollout::{
     Action, BackendServer, HostOutcome, HostState, HostStatus, Limits, ParseError, Rollout,
     Unreadable,
@@ -541,11 +542,13 @@ impl HostRun {
         }
     }
 
-    async fn step(&self, step: &str, rotation: &str) -> Result<(), StoreError> {
+    async fn step(&self, step: Step) -> Result<(), StoreError> {
+        let rotation = step.rotation(self.ctx.req.haproxy.is_some());
+        let step = step.as_str();
         self.ctx
             .d
             .store
-            .host_step(&self.ctx.id, self.name(), step, rotation)
+            .host_step(&self.ctx.id, self.name(), step, rotation.as_str())
             .await?;
         self.ctx
             .log
@@ -576,11 +579,22 @@ impl HostRun {
 
         // A host resumed after its playbook succeeded (enabling/ramping)
         // needs no second drain: the journal replays the playbook's outcome.
-        let past_playbook =
-            self.resumed && matches!(self.host.step.as_deref(), Some("enabling" | "ramping"));
+        let guarded = c.req.haproxy.is_some();
+        let stored = match self
+            .host
+            .step
+            .as_deref()
+            .map(str::parse::<Step>)
+            .transpose()
+        {
+            Ok(s) if self.resumed => s,
+            Ok(_) => None,
+            Err(e) => return self.fail(&format!("cannot resume: {e}")).await,
+        };
+        let past_playbook = !Step::resume_from(stored, guarded).before_playbook_end();
         if let (Some(hp), false) = (&c.req.haproxy, past_playbook) {
             // Recorded as out of rotation before HAProxy is touched.
-            self.step("draining", "out").await?;
+            self.step(Step::Draining).await?;
             let state = if hp.drain_mode == "maint" {
                 ServerAdminState::Maint
             } else {
@@ -601,7 +615,7 @@ impl HostRun {
                     .fail(&format!("could not take the server out of rotation: {e}"))
                     .await;
             }
-            self.step("waiting_drain", "out").await?;
+            self.step(Step::WaitingDrain).await?;
             let wait = Duration::from_secs(hp.degradation_seconds);
             if let Err(e) = self
                 .on_every_vm(
@@ -623,11 +637,7 @@ impl HostRun {
         if !past_playbook {
             // (A host past its playbook keeps its step: a second restart
             // must not drain it again.)
-            self.step(
-                "deploying",
-                if c.req.haproxy.is_some() { "out" } else { "in" },
-            )
-            .await?;
+            self.step(Step::Deploying).await?;
         }
         let limit = Duration::from_secs(c.req.job_timeout_seconds);
         let playbook = match tokio::time::timeout(limit, self.playbook(&job_id)).await {
@@ -679,7 +689,7 @@ impl HostRun {
         }
 
         if let Some(hp) = &c.req.haproxy {
-            self.step("enabling", "out").await?;
+            self.step(Step::Enabling).await?;
             let first = hp.weights[0] as u8;
             let enable = vec![
                 HaproxyAction::SetWeight {
@@ -701,7 +711,7 @@ impl HostRun {
                     .fail(&format!("could not put the server back in rotation: {e}"))
                     .await;
             }
-            self.step("ramping", "in").await?;
+            self.step(Step::Ramping).await?;
             for w in hp.weights.iter().skip(1) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(hp.sleep_seconds)) => {}
