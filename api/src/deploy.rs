@@ -452,6 +452,17 @@ mod vesemir_agent_names {
     }
 }
 
+/// `POST /v1/deployments/rollback` body: redeploy the last changeset that
+/// succeeded before the current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Application name.
+    pub application: String,
+    /// Environment.
+    pub environment: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

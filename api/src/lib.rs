@@ -15,7 +15,7 @@ pub mod stored;
 pub use changeset::{check_changeset, valid_playbook_name, ChangesetBody};
 pub use deploy::{
     parse_percent, render_server_name, Concurrency, ConcurrencyLimit, DeployRequest, FieldError,
-    HaproxySpec, ServerNameError, ServerNameInput, MAX_CONCURRENCY,
+    HaproxySpec, RollbackRequest, ServerNameError, ServerNameInput, MAX_CONCURRENCY,
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use selector::{check_attribute_key, Selector, SelectorError};

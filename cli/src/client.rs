@@ -129,9 +129,10 @@ impl Api {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        // Not every failure is the API's own (a proxy may answer): show the
+        // raw body when it is not an error body.
+        let msg = serde_json::from_str::<vesemir_api::ErrorBody>(&body)
+            .map(|b| b.error.message)
             .unwrap_or(body);
         bail!("{} ({})", msg.trim(), status)
     }

@@ -135,9 +135,9 @@ fn print_json(v: &Value) {
 pub(crate) async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let msg = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+    // A proxy in between may answer with something else: show it raw.
+    let msg = serde_json::from_str::<vesemir_api::ErrorBody>(&body)
+        .map(|b| b.error.message)
         .unwrap_or(body);
     anyhow!("{} ({})", msg.trim(), status)
 }
@@ -317,7 +317,10 @@ pub async fn deploy(api: &Api, args: DeployArgs) -> Result<ExitCode> {
 
 /// Runs `vesemir rollback`.
 pub async fn rollback(api: &Api, args: RollbackArgs) -> Result<ExitCode> {
-    let body = serde_json::json!({"application": args.app, "environment": args.env});
+    let body = serde_json::to_value(vesemir_api::RollbackRequest {
+        application: args.app,
+        environment: args.env,
+    })?;
     let key = idempotency_key(&args.watch);
     let (code, resp) = submit(api, "/v1/deployments/rollback", &body, &key).await?;
     accepted(api, code, resp, &args.watch, &key).await

@@ -8,41 +8,14 @@ use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-/// Hosts at a time: a count, or a percentage of the selected hosts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Concurrency {
-    /// That many hosts.
-    Count(u32),
-    /// That percentage of the hosts (the controller rounds to at least 1).
-    Percent(u32),
-}
+/// Hosts at a time: the API's parsed form, so the CLI and the controller
+/// apply the same range rules.
+pub use vesemir_api::ConcurrencyLimit as Concurrency;
 
-impl Concurrency {
-    /// As the API wants it: a number, or a `"25%"` string.
-    pub fn to_json(self) -> Value {
-        match self {
-            Concurrency::Count(n) => json!(n),
-            Concurrency::Percent(p) => json!(format!("{p}%")),
-        }
-    }
-}
-
-/// Parses `--concurrency`: `N` (≥ 1) or `P%` (1–100).
+/// Parses `--concurrency`: `N` (1–1000) or `P%` (1–100), with the API's rules.
 pub fn parse_concurrency(s: &str) -> Result<Concurrency, String> {
-    let s = s.trim();
-    if let Some(p) = s.strip_suffix('%') {
-        match p.trim().parse::<u32>() {
-            Ok(p) if (1..=100).contains(&p) => Ok(Concurrency::Percent(p)),
-            _ => Err(format!("{s:?}: a percentage must be between 1% and 100%")),
-        }
-    } else {
-        match s.parse::<u32>() {
-            Ok(n) if n >= 1 => Ok(Concurrency::Count(n)),
-            _ => Err(format!(
-                "{s:?}: expected a number of hosts (at least 1) or a percentage like 25%"
-            )),
-        }
-    }
+    s.parse::<Concurrency>()
+        .map_err(|e| format!("{s:?}: {}", e.message))
 }
 
 /// `--drain-mode`: how a server leaves rotation.
@@ -287,7 +260,10 @@ pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
     }
 
     if let Some(c) = f.concurrency {
-        body.insert("concurrency".into(), c.to_json());
+        body.insert(
+            "concurrency".into(),
+            serde_json::to_value(vesemir_api::Concurrency::from(c))?,
+        );
     }
     if f.max_unavailable == Some(0) {
         bail!("--max-unavailable: must be at least 1, or no host could ever leave rotation");
@@ -474,8 +450,9 @@ mod tests {
         assert_eq!(parse_concurrency("3"), Ok(Concurrency::Count(3)));
         assert_eq!(parse_concurrency("25%"), Ok(Concurrency::Percent(25)));
         assert_eq!(parse_concurrency(" 100% "), Ok(Concurrency::Percent(100)));
-        assert_eq!(Concurrency::Count(2).to_json(), json!(2));
-        assert_eq!(Concurrency::Percent(25).to_json(), json!("25%"));
+        let wire = |c| serde_json::to_value(vesemir_api::Concurrency::from(c)).unwrap();
+        assert_eq!(wire(Concurrency::Count(2)), json!(2));
+        assert_eq!(wire(Concurrency::Percent(25)), json!("25%"));
         for bad in ["0", "0%", "101%", "-1", "two", "", "%", "2.5"] {
             assert!(parse_concurrency(bad).is_err(), "{bad:?} accepted");
         }

@@ -268,13 +268,8 @@ pub async fn cancel(
         .into_response())
 }
 
-/// `POST /v1/deployments/rollback` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackBody {
-    application: String,
-    environment: String,
-}
+/// `POST /v1/deployments/rollback` body (a wire type of `vesemir-api`).
+pub use vesemir_api::RollbackRequest as RollbackBody;
 
 /// `POST /v1/deployments/rollback`.
 pub async fn rollback(
