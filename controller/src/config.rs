@@ -171,12 +171,7 @@ impl ControllerConfig {
             vesemir_daemon::check_private_key(&key).map_err(|m| invalid("data_dir", &m))?;
         }
         if let Some(url) = &cfg.database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres")) {
-                return Err(invalid(
-                    "database_url",
-                    "must start with sqlite: or postgres://",
-                ));
-            }
+            check_database_url(url).map_err(|m| invalid("database_url", &m))?;
         }
         Ok(cfg)
     }
@@ -194,6 +189,23 @@ impl ControllerConfig {
                 self.data_dir.join("vesemir.db").display()
             )
         })
+    }
+}
+
+/// Checks the shape of a database URL before anything connects: the two
+/// backends the store has migrations for. The message says what to write.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let ok = url.starts_with("sqlite:")
+        || ((url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && url
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?} is not a database URL this controller supports: use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ))
     }
 }
 

@@ -470,6 +470,50 @@ impl Fleet {
         Ok(true)
     }
 
+    /// Re-reads the revoked serials every `every` (see [`Fleet::sync_revoked`]).
+    /// Runs when controllers share a database (PostgreSQL).
+    pub async fn run_revocation_sync(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.sync_revoked().await {
+                tracing::warn!(error = %e, "cannot re-read revoked certificates; will retry");
+            }
+        }
+    }
+
+    /// Takes in serials revoked by another controller on the same database
+    /// and closes this controller's live connections that use one, so a
+    /// revocation holds on every controller, not only the one that made it.
+    pub async fn sync_revoked(&self) -> Result<(), StoreError> {
+        let serials = self.store.revoked_serials().await?;
+        let new: HashSet<String> = {
+            let mut set = self.revoked.write().expect("revoked lock");
+            serials
+                .into_iter()
+                .filter(|s| set.insert(s.clone()))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let closing: Vec<Arc<Session>> = {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let names: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| new.contains(&s.serial))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.iter().filter_map(|n| sessions.remove(n)).collect()
+        };
+        for s in closing {
+            close(&s.conn, CloseReason::Revoked);
+            tracing::info!(agent = %s.name, "revoked on another controller; live connection closed");
+        }
+        Ok(())
+    }
+
     /// Whether a serial is revoked.
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.read().expect("revoked lock").contains(serial)

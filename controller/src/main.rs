@@ -57,6 +57,16 @@ enum Command {
         /// A static inventory file (TOML or YAML) instead of Chef.
         #[arg(long)]
         inventory: Option<PathBuf>,
+        /// Database: postgres://USER@HOST/DB (an existing, empty database;
+        /// the schema is created) or sqlite://PATH. Default: SQLite in the
+        /// data dir. Written to controller.toml as `database_url`.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Join an existing controller: DIR is its data dir (or a copy of
+        /// it); the CA, reset key, admin token and PostgreSQL database are
+        /// shared, the server certificate is new.
+        #[arg(long, value_name = "DIR")]
+        join: Option<PathBuf>,
     },
     /// Run the controller.
     Serve {
@@ -94,7 +104,16 @@ fn main() -> ExitCode {
             chef_client,
             chef_key,
             inventory,
+            database_url,
+            join,
         } => {
+            let joining = join.is_some();
+            if let Some(url) = &database_url {
+                if let Err(e) = vesemir_controller::config::check_database_url(url) {
+                    eprintln!("error: --database-url: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
             if heartbeat_secs == 0 {
                 eprintln!("error: --heartbeat-secs must be at least 1");
                 return ExitCode::from(EX_USAGE);
@@ -131,6 +150,8 @@ fn main() -> ExitCode {
                         return ExitCode::from(EX_USAGE);
                     }
                 },
+                database_url,
+                join,
             };
             match rt.block_on(server::init(opts)) {
                 Ok(out) => {
@@ -141,7 +162,13 @@ fn main() -> ExitCode {
                     println!("  admin token: {} (0600)", dd.admin_token().display());
                     println!("  CLI config:  {}", dd.cli_config().display());
                     println!();
-                    println!("admin token (shown once): {}", out.admin_token);
+                    if joining {
+                        println!(
+                            "joined: same CA, database and API tokens as the --join controller"
+                        );
+                    } else {
+                        println!("admin token (shown once): {}", out.admin_token);
+                    }
                     println!();
                     println!("next:");
                     println!(

@@ -34,6 +34,13 @@ pub struct InitOptions {
     pub chef: Option<crate::inventory::ChefConfig>,
     /// Static inventory file, if given.
     pub inventory: Option<PathBuf>,
+    /// `database_url` for controller.toml; None keeps SQLite in the data dir
+    /// (or, with `join`, the joined controller's URL).
+    pub database_url: Option<String>,
+    /// Join the controller whose data dir this is: same CA, reset key,
+    /// admin token file and (PostgreSQL) database; a server certificate of
+    /// its own. API and enrollment tokens live in the database already.
+    pub join: Option<PathBuf>,
 }
 
 /// What `init` produced.
@@ -71,6 +78,14 @@ pub enum ServerError {
     /// Inventory source unusable.
     #[error("inventory: {0}")]
     Inventory(String),
+    /// `init --join` refused.
+    #[error("cannot join {from}: {message}")]
+    Join {
+        /// The data dir given to --join.
+        from: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Binding a TCP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -125,7 +140,17 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
     let root = std::fs::canonicalize(root).map_err(io_err(root))?;
     let dd = DataDir { root: root.clone() };
 
-    let (ca, ca_key_pem) = Ca::generate()?;
+    // Joining: the CA (agents trust one CA whichever controller they
+    // reach), the reset key and the database are shared; only the server
+    // certificate and the listen addresses are this controller's own.
+    let joined = match &opts.join {
+        None => None,
+        Some(from) => Some(read_join_source(from, opts.database_url.as_deref())?),
+    };
+    let (ca, ca_key_pem) = match &joined {
+        None => Ca::generate()?,
+        Some(j) => (Ca::load(&j.ca_pem, &j.ca_key_pem)?, j.ca_key_pem.clone()),
+    };
     let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for s in &opts.sans {
         if !sans.contains(s) {
@@ -137,7 +162,10 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
     write_file(&dd.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
     write_file(&dd.server_cert(), server_pem.as_bytes(), 0o644)?;
     write_file(&dd.server_key(), server_key_pem.as_bytes(), 0o600)?;
-    write_file(&dd.reset_key(), &rand::random::<[u8; 32]>(), 0o600)?;
+    match &joined {
+        None => write_file(&dd.reset_key(), &rand::random::<[u8; 32]>(), 0o600)?,
+        Some(j) => write_file(&dd.reset_key(), &j.reset_key, 0o600)?,
+    }
 
     let mut cfg = ControllerConfig::new(root.clone());
     cfg.api_listen = opts.api_listen;
@@ -149,13 +177,24 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
         .max(Duration::from_secs(u64::from(opts.heartbeat_secs) * 3));
     cfg.chef = opts.chef;
     cfg.inventory = opts.inventory;
+    cfg.database_url = match &joined {
+        None => opts.database_url,
+        Some(j) => Some(j.database_url.clone()),
+    };
     write_file(&dd.config(), cfg.to_toml().as_bytes(), 0o644)?;
 
     let store = Store::connect(&cfg.database_url()).await?;
-    let admin_token = format!("vsm_adm_{}", hex::encode(rand::random::<[u8; 24]>()));
-    store
-        .insert_api_token("admin", &token_hash(&admin_token), "admin")
-        .await?;
+    let admin_token = match &joined {
+        // The admin token's hash is in the shared database already.
+        Some(j) => j.admin_token.clone(),
+        None => {
+            let t = format!("vsm_adm_{}", hex::encode(rand::random::<[u8; 24]>()));
+            store
+                .insert_api_token("admin", &token_hash(&t), "admin")
+                .await?;
+            t
+        }
+    };
     store.close().await;
     write_file(
         &dd.admin_token(),
@@ -176,6 +215,42 @@ pub async fn init(opts: InitOptions) -> Result<InitOutput, ServerError> {
     Ok(InitOutput {
         admin_token,
         data_dir: dd,
+    })
+}
+
+/// What `init --join` takes from the first controller's data dir.
+struct JoinSource {
+    ca_pem: String,
+    ca_key_pem: String,
+    reset_key: Vec<u8>,
+    admin_token: String,
+    database_url: String,
+}
+
+fn read_join_source(from: &Path, url: Option<&str>) -> Result<JoinSource, ServerError> {
+    let refuse = |message: String| ServerError::Join {
+        from: from.to_owned(),
+        message,
+    };
+    let cfg = ControllerConfig::load(&from.join("controller.toml")).map_err(|e| {
+        refuse(format!(
+            "{e} (give the data dir of a controller made by `init`)"
+        ))
+    })?;
+    let database_url = url.map(str::to_owned).unwrap_or_else(|| cfg.database_url());
+    if !database_url.starts_with("postgres") {
+        return Err(refuse(format!(
+            "its database is {database_url}: controllers share one PostgreSQL database; \
+             init the first one with --database-url postgres://… (or pass that URL here)"
+        )));
+    }
+    let src = DataDir { root: cfg.data_dir };
+    Ok(JoinSource {
+        ca_pem: read(&src.ca_cert())?,
+        ca_key_pem: read(&src.ca_key())?,
+        reset_key: std::fs::read(src.reset_key()).map_err(io_err(&src.reset_key()))?,
+        admin_token: read(&src.admin_token())?.trim().to_string(),
+        database_url,
     })
 }
 
@@ -256,6 +331,11 @@ pub async fn serve(
             .clone()
             .run_flusher(cfg.last_seen_flush, stopped(stop_rx.clone())),
     );
+    if cfg.database_url().starts_with("postgres") {
+        // Other controllers may share this database: their revocations
+        // reach this one within 2 s.
+        tokio::spawn(fleet.clone().run_revocation_sync(Duration::from_secs(2)));
+    }
     let inventory = inventory.map(Arc::new);
     let deployments =
         crate::deploy::Deployments::new(store.clone(), fleet.clone(), inventory.clone());

@@ -187,6 +187,12 @@ pub struct Controller {
 impl Controller {
     /// Runs `vesemir-controller init` in a fresh temp dir.
     pub fn init(opts: ControllerOptions) -> Result<Controller> {
+        Controller::init_with_args(opts, &[])
+    }
+
+    /// Like [`Controller::init`], with more `init` arguments
+    /// (`--database-url URL`, `--join DIR`).
+    pub fn init_with_args(opts: ControllerOptions, init_args: &[&str]) -> Result<Controller> {
         let root = tempfile::tempdir()?;
         let data_dir = root.path().join("controller");
         let (api_port, quic_port) = (free_port(), free_port());
@@ -197,6 +203,7 @@ impl Controller {
             .args(["--quic-listen", &format!("127.0.0.1:{quic_port}")])
             .args(["--heartbeat-secs", &opts.heartbeat_secs.to_string()])
             .args(["--agent-cert-ttl", &opts.agent_cert_ttl])
+            .args(init_args)
             .output()?;
         if !out.status.success() {
             bail!(

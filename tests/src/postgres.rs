@@ -39,7 +39,12 @@ pub fn find_bin() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             if d.join("initdb").is_file() && d.join("pg_ctl").is_file() {
-                return Some(std::fs::canonicalize(d.join("initdb")).ok()?.parent()?.into());
+                return Some(
+                    std::fs::canonicalize(d.join("initdb"))
+                        .ok()?
+                        .parent()?
+                        .into(),
+                );
             }
         }
     }
@@ -79,7 +84,9 @@ impl Postgres {
             eprintln!("SKIPPED: PostgreSQL half of this test: initdb not found (install the postgresql package)");
             return Ok(None);
         };
-        let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_string());
+        let run_as = nix::unistd::geteuid()
+            .is_root()
+            .then(|| "postgres".to_string());
         let dir = tempfile::Builder::new().prefix("vesemir-pg-").tempdir()?;
         if let Some(user) = &run_as {
             let u = nix::unistd::User::from_name(user)?.with_context(|| {
@@ -164,7 +171,11 @@ impl Postgres {
     /// cases sharing one cluster never see each other's rows.
     pub fn create_database(&self) -> Result<String> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         check(
             "createdb",
             self.command("createdb")

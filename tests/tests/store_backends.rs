@@ -96,9 +96,15 @@ async fn two_stores_on_one_postgres_migrate_once_and_see_each_other() -> Result<
 
 #[tokio::test]
 async fn a_bad_database_url_names_what_to_use() -> Result<()> {
-    let e = Store::connect("mysql://x/y").await.err().context("mysql accepted")?;
+    let e = Store::connect("mysql://x/y")
+        .await
+        .err()
+        .context("mysql accepted")?;
     let msg = e.to_string();
-    ensure!(msg.contains("sqlite://") && msg.contains("postgres://"), "{msg}");
+    ensure!(
+        msg.contains("sqlite://") && msg.contains("postgres://"),
+        "{msg}"
+    );
     Ok(())
 }
 
@@ -113,7 +119,10 @@ async fn enrollment_tokens_count_down_and_expire(s: Store) -> Result<()> {
     ensure!(s.consume_enrollment_token("h2").await? == Err(TokenRefusal::Expired));
     ensure!(s.consume_enrollment_token("nope").await? == Err(TokenRefusal::Unknown));
     s.refund_enrollment_token("h1").await?;
-    ensure!(s.consume_enrollment_token("h1").await? == Ok(()), "refund gives a use back");
+    ensure!(
+        s.consume_enrollment_token("h1").await? == Ok(()),
+        "refund gives a use back"
+    );
     Ok(())
 }
 
@@ -124,7 +133,10 @@ async fn revocation_covers_every_certificate_of_the_agent(s: Store) -> Result<()
         !s.record_certificate("web-1", "zz", "f9", far, true).await?,
         "a taken name records nothing"
     );
-    ensure!(s.record_certificate("web-1", "bb", "f2", far, false).await?);
+    ensure!(
+        s.record_certificate("web-1", "bb", "f2", far, false)
+            .await?
+    );
     ensure!(s.record_certificate("web-2", "cc", "f3", far, true).await?);
     let mut serials = s.revoke_agent("web-1").await?.context("web-1 exists")?;
     serials.sort();
@@ -135,7 +147,10 @@ async fn revocation_covers_every_certificate_of_the_agent(s: Store) -> Result<()
     ensure!(s.revoke_agent("ghost").await?.is_none());
     let a = s.get_agent("web-1").await?.context("web-1")?;
     ensure!(a.cert_serial == "bb" && a.revoked_at.is_some(), "{a:?}");
-    ensure!(!s.record_certificate("web-1", "dd", "f4", far, false).await?);
+    ensure!(
+        !s.record_certificate("web-1", "dd", "f4", far, false)
+            .await?
+    );
     ensure!(!s.record_certificate("web-1", "dd", "f4", far, true).await?);
     ensure!(s.forget_agent("web-2").await? == Forget::NotRevoked);
     ensure!(s.forget_agent("ghost").await? == Forget::NotFound);
@@ -190,9 +205,14 @@ fn new_dep<'a>(id: &'a str, app: &'a str, key: Option<&'a str>) -> NewDeployment
 }
 
 async fn deployments_are_exclusive_per_app_and_env_and_idempotent(s: Store) -> Result<()> {
-    ensure!(s.insert_deployment(&new_dep("d1", "shop", Some("k1"))).await? == Inserted::Created);
     ensure!(
-        s.insert_deployment(&new_dep("d2", "shop", Some("k1"))).await?
+        s.insert_deployment(&new_dep("d1", "shop", Some("k1")))
+            .await?
+            == Inserted::Created
+    );
+    ensure!(
+        s.insert_deployment(&new_dep("d2", "shop", Some("k1")))
+            .await?
             == Inserted::Existing("d1".into())
     );
     ensure!(
@@ -208,9 +228,13 @@ async fn deployments_are_exclusive_per_app_and_env_and_idempotent(s: Store) -> R
     ensure!(s.insert_deployment(&new_dep("d5", "shop", None)).await? == Inserted::Created);
     let (all, total) = s.list_deployments(None, None, None, 10, 0).await?;
     ensure!(total == 3 && all.len() == 3, "{total} {}", all.len());
-    let (shop, total) = s.list_deployments(Some("shop"), Some("prod"), None, 1, 0).await?;
+    let (shop, total) = s
+        .list_deployments(Some("shop"), Some("prod"), None, 1, 0)
+        .await?;
     ensure!(total == 2 && shop.len() == 1, "{total} {}", shop.len());
-    let (done, total) = s.list_deployments(None, None, Some("succeeded"), 10, 0).await?;
+    let (done, total) = s
+        .list_deployments(None, None, Some("succeeded"), 10, 0)
+        .await?;
     ensure!(total == 1 && done[0].id == "d1");
     let ok: Vec<String> = s
         .succeeded_deployments("shop", "prod", 5)
@@ -236,7 +260,11 @@ async fn plan_hosts_logs_and_haproxy_actions_round_trip(s: Store) -> Result<()> 
         "app:shop",
         Some("role:lb"),
         "[\"lb-1\"]",
-        &[host("a", "pending"), host("b", "unreachable"), host("c", "pending")],
+        &[
+            host("a", "pending"),
+            host("b", "unreachable"),
+            host("c", "pending"),
+        ],
     )
     .await?;
     s.host_started("d1", "a", "job-a").await?;
@@ -279,7 +307,8 @@ async fn plan_hosts_logs_and_haproxy_actions_round_trip(s: Store) -> Result<()> 
     }
     let acts = s.haproxy_actions("d1").await?;
     ensure!(acts.len() == 2 && acts.iter().filter(|a| a.ok).count() == 1);
-    s.finish_deployment("d1", "failed", Some("c failed")).await?;
+    s.finish_deployment("d1", "failed", Some("c failed"))
+        .await?;
     let hosts = s.deployment_hosts("d1").await?;
     let summary: Vec<(&str, &str)> = hosts
         .iter()
@@ -292,7 +321,10 @@ async fn plan_hosts_logs_and_haproxy_actions_round_trip(s: Store) -> Result<()> 
     ensure!(hosts[0].stats == [3, 1, 0, 0, 2] && hosts[0].job_id.as_deref() == Some("job-a"));
     ensure!(hosts[1].stats[3] == 1 && hosts[1].error.as_deref() == Some("no agent"));
     let d = s.get_deployment("d1").await?.context("d1")?;
-    ensure!(d.hosts_total == 3 && d.error.as_deref() == Some("c failed"), "{d:?}");
+    ensure!(
+        d.hosts_total == 3 && d.error.as_deref() == Some("c failed"),
+        "{d:?}"
+    );
     Ok(())
 }
 
@@ -304,7 +336,8 @@ async fn concurrent_enrollments_while_heartbeats_and_deployments_write(s: Store)
     const N: usize = 200;
     const IN_FLIGHT: usize = 32;
     let far = now_ms() + 3_600_000;
-    s.insert_enrollment_token("tok", far, N as i64, "admin").await?;
+    s.insert_enrollment_token("tok", far, N as i64, "admin")
+        .await?;
     for i in 0..3 {
         s.record_certificate(&format!("app-{i}"), &format!("s-app-{i}"), "f", far, true)
             .await?;
@@ -328,18 +361,34 @@ async fn concurrent_enrollments_while_heartbeats_and_deployments_write(s: Store)
                 s.flush_last_seen(&batch).await?;
                 let id = format!("dep-{round}");
                 s.insert_deployment(&new_dep(&id, "store", None)).await?;
-                s.start_deployment(&id, "q", None, "[]", &[NewHost {
-                    name: "app-0".into(),
-                    address: "127.0.0.1".into(),
-                    server_name: "app-0".into(),
-                    status: "pending".into(),
-                    error: None,
-                }])
+                s.start_deployment(
+                    &id,
+                    "q",
+                    None,
+                    "[]",
+                    &[NewHost {
+                        name: "app-0".into(),
+                        address: "127.0.0.1".into(),
+                        server_name: "app-0".into(),
+                        status: "pending".into(),
+                        error: None,
+                    }],
+                )
                 .await?;
                 s.host_started(&id, "app-0", "job").await?;
-                s.append_logs(&id, &[LogRow { seq: 1, ts: now_ms(), host: None, kind: "log".into(), data: "{}".into() }])
+                s.append_logs(
+                    &id,
+                    &[LogRow {
+                        seq: 1,
+                        ts: now_ms(),
+                        host: None,
+                        kind: "log".into(),
+                        data: "{}".into(),
+                    }],
+                )
+                .await?;
+                s.host_finished(&id, "app-0", "succeeded", "in", None)
                     .await?;
-                s.host_finished(&id, "app-0", "succeeded", "in", None).await?;
                 s.finish_deployment(&id, "succeeded", None).await?;
             }
             anyhow::Ok(round)
@@ -358,9 +407,13 @@ async fn concurrent_enrollments_while_heartbeats_and_deployments_write(s: Store)
                 }
                 let name = format!("node-{i:03}");
                 let r: Result<()> = async {
-                    ensure!(s.consume_enrollment_token("tok").await? == Ok(()), "token refused");
                     ensure!(
-                        s.record_certificate(&name, &format!("s-{name}"), "f", far, true).await?,
+                        s.consume_enrollment_token("tok").await? == Ok(()),
+                        "token refused"
+                    );
+                    ensure!(
+                        s.record_certificate(&name, &format!("s-{name}"), "f", far, true)
+                            .await?,
                         "name refused"
                     );
                     Ok(())
@@ -379,7 +432,12 @@ async fn concurrent_enrollments_while_heartbeats_and_deployments_write(s: Store)
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let rounds = background.await??;
-    ensure!(refused.is_empty(), "{} refused:\n{}", refused.len(), refused.join("\n"));
+    ensure!(
+        refused.is_empty(),
+        "{} refused:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
     ensure!(rounds >= 1);
     ensure!(s.list_agents().await?.len() == N + 3);
     ensure!(
