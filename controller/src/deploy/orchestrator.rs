@@ -110,7 +110,8 @@ async fn drive(
     let haproxy_vms: Vec<String> = if status == "pending" {
         let plan = match usable_plan(d, &req).await {
             Ok(p) => p,
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 log.push(
                     None,
                     "deployment",
@@ -182,18 +183,29 @@ async fn drive(
     window(ctx, wake).await
 }
 
+/// Why a deployment cannot start (stored as its error).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Plan(#[from] super::plan::PlanError),
+    #[error("no hosts match the selector ({0})")]
+    NoHosts(String),
+    #[error("haproxy.selector matches no VMs: nothing to drain the servers with")]
+    NoHaproxyVms,
+    #[error("HAProxy VM(s) without a connected agent: {0}; refusing to deploy without draining")]
+    HaproxyVmsDown(String),
+}
+
 /// The plan, or why the deployment can't start: no hosts, or HAProxy VMs
 /// that can't drain anything.
-async fn usable_plan(d: &Deployments, req: &DeployRequest) -> Result<super::plan::Plan, String> {
-    let plan = make_plan(d, req, false).await.map_err(|e| e.to_string())?;
+async fn usable_plan(d: &Deployments, req: &DeployRequest) -> Result<super::plan::Plan, Refused> {
+    let plan = make_plan(d, req, false).await?;
     if plan.hosts.is_empty() {
-        return Err(format!("no hosts match the selector ({})", plan.query));
+        return Err(Refused::NoHosts(plan.query));
     }
     if req.haproxy.is_some() {
         if plan.haproxy_vms.is_empty() {
-            return Err(
-                "haproxy.selector matches no VMs: nothing to drain the servers with".into(),
-            );
+            return Err(Refused::NoHaproxyVms);
         }
         let down: Vec<&str> = plan
             .haproxy_vms
@@ -202,10 +214,7 @@ async fn usable_plan(d: &Deployments, req: &DeployRequest) -> Result<super::plan
             .map(|v| v.name.as_str())
             .collect();
         if !down.is_empty() {
-            return Err(format!(
-                "HAProxy VM(s) without a connected agent: {}; refusing to deploy without draining",
-                down.join(", ")
-            ));
+            return Err(Refused::HaproxyVmsDown(down.join(", ")));
         }
     }
     Ok(plan)
@@ -734,7 +743,7 @@ impl HostRun {
                         .push(
                             Some(self.name()),
                             "haproxy",
-                            json!({"action": format!("weight {w}%"), "ok": false, "detail": e}),
+                            json!({"action": format!("weight {w}%"), "ok": false, "detail": e.to_string()}),
                         )
                         .await;
                 }
@@ -811,7 +820,11 @@ impl HostRun {
     }
 
     /// Runs the actions on every HAProxy VM (concurrently) and records each.
-    async fn on_every_vm(&self, label: &str, actions: Vec<HaproxyAction>) -> Result<(), String> {
+    async fn on_every_vm(
+        &self,
+        label: &str,
+        actions: Vec<HaproxyAction>,
+    ) -> Result<(), HaproxyFailed> {
         let c = &self.ctx;
         let timeout =
             Duration::from_secs(c.req.haproxy.as_ref().map_or(0, |h| h.degradation_seconds) + 30);
@@ -879,7 +892,7 @@ impl HostRun {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(HaproxyFailed(errors))
         }
     }
 
@@ -1004,6 +1017,11 @@ impl HostRun {
         }
     }
 }
+
+/// HAProxy actions that failed, one message per VM (joined with "; ").
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+struct HaproxyFailed(Vec<String>);
 
 enum PlaybookEnd {
     Shutdown,
