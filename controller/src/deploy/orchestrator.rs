@@ -488,9 +488,13 @@ async fn read_backend(ctx: &Ctx, vm: &str) -> Result<Vec<BackendServer>, Unreada
             format!("the read ended {}", o.status.as_str())
         })));
     }
-    let replies: serde_json::Value = o
-        .output
-        .as_deref()
+    servers_from_reply(o.output.as_deref())
+}
+
+/// The servers in an agent's `ServersState` reply; a reply that isn't
+/// exactly that is [`Unreadable`] (never "no servers out").
+fn servers_from_reply(output: Option<&str>) -> Result<Vec<BackendServer>, Unreadable> {
+    let replies: serde_json::Value = output
         .and_then(|s| serde_json::from_str(s).ok())
         .ok_or_else(|| Unreadable("the agent's reply is not JSON".into()))?;
     let servers = replies[0]["ServersState"]
@@ -1055,5 +1059,42 @@ async fn wait_for_agent(d: &Deployments, name: &str) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_state_reply_reads_admin_states() {
+        let r = r#"[{"ServersState":[{"name":"web1","admin_state":8},{"name":"web2","admin_state":0}]}]"#;
+        let s = servers_from_reply(Some(r)).unwrap();
+        assert_eq!(
+            s,
+            [
+                BackendServer {
+                    name: "web1".into(),
+                    out: true
+                },
+                BackendServer {
+                    name: "web2".into(),
+                    out: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_reply_is_unreadable_not_empty() {
+        for bad in [
+            None,
+            Some("not json"),
+            Some(r#"[{"Weight":3}]"#),
+            Some(r#"[{"ServersState":[{"admin_state":1}]}]"#),
+            Some(r#"[{"ServersState":[{"name":"web1"}]}]"#),
+        ] {
+            assert!(servers_from_reply(bad).is_err(), "{bad:?}");
+        }
     }
 }
