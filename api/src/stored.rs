@@ -23,7 +23,7 @@ struct Envelope<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum StoredRequestError {
     /// Neither a versioned envelope nor a pre-versioning raw body.
-    #[error("stored request unreadable: {0}")]
+    #[error("not a deploy request: {0}")]
     Unreadable(#[source] serde_json::Error),
     /// A version this controller does not know (written by a newer one).
     #[error("stored request has version {0}, which this controller does not know: upgrade it")]

@@ -127,7 +127,8 @@ impl Deployments {
             .await
             .map_err(SubmitError::Invalid)?;
         let id = uuid::Uuid::now_v7().to_string();
-        let request = serde_json::to_string(req).expect("request serializes");
+        // Version-tagged, so a later change to the request can still read it.
+        let request = vesemir_api::StoredRequest::new(req.clone()).to_json();
         let inserted = self
             .store
             .insert_deployment(&NewDeployment {

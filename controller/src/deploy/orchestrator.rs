@@ -69,8 +69,8 @@ async fn run_inner(
     let Some(row) = d.store.get_deployment(id).await? else {
         return Ok(());
     };
-    let req: DeployRequest = match serde_json::from_str(&row.request) {
-        Ok(r) => r,
+    let req: DeployRequest = match vesemir_api::StoredRequest::parse(&row.request) {
+        Ok(r) => r.into_request(),
         Err(e) => {
             d.store
                 .finish_deployment(
