@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{bin, free_port, wait_for, Agent, Controller, Proc};
+use vesemir_testkit::fleet::{bin, free_port, wait_for, Agent, Controller, Proc};
 
 /// Sizes and repetitions of one `bench/run`.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ pub fn start_haproxy(servers: &[String]) -> Result<Lb> {
          frontend fe\n    bind 127.0.0.1:{}\n    default_backend app\n\
          backend app\n    balance roundrobin\n",
         socket.display(),
-        free_port()
+        free_port().expect("free port")
     );
     for s in servers {
         cfg.push_str(&format!("    server {s} 127.0.0.1:9 weight 100\n"));
@@ -371,7 +371,7 @@ fn start_sshd(names: &[String]) -> Result<Ssh> {
     keygen(&d.join("host_key"))?;
     keygen(&d.join("user_key"))?;
     std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys"))?;
-    let port = free_port();
+    let port = free_port().expect("free port");
     std::fs::write(
         d.join("sshd_config"),
         format!(
@@ -714,7 +714,10 @@ impl Persistent {
 
     /// Fresh ports each start (the CA and identities don't depend on them).
     fn rewrite_config(&mut self, root: &Path) -> Result<()> {
-        let (api_port, quic_port) = (free_port(), free_port());
+        let (api_port, quic_port) = (
+            free_port().expect("free port"),
+            free_port().expect("free port"),
+        );
         let path = self.dir.join("controller.toml");
         let text = std::fs::read_to_string(&path)?;
         let mut lines: Vec<String> = text
@@ -754,7 +757,7 @@ impl Persistent {
         self.proc = Some(Proc::spawn("controller", cmd, log)?);
         let url = format!("{}/readyz", self.api.url);
         wait_for("controller /readyz", Duration::from_secs(60), || {
-            vesemir_tests::fleet::http_get_status(&url).filter(|s| *s == 200)
+            vesemir_testkit::fleet::http_get_status(&url).filter(|s| *s == 200)
         })?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{Controller, ControllerOptions};
+use vesemir_testkit::fleet::{Controller, ControllerOptions};
 
 /// One host of the static inventory.
 #[derive(Debug, Clone)]

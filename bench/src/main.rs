@@ -14,7 +14,7 @@ use anyhow::{ensure, Result};
 use serde_json::json;
 use vesemir_controller::inventory::chef::node_document;
 use vesemir_controller::inventory::{ChefInventory, Selector};
-use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
+use vesemir_testkit::goiardi::{create_nodes, wait_indexed, Goiardi};
 
 const USAGE: &str = "usage: vesemir-bench chef-resolve [--nodes N (10000)] [--parallel P (32)] [--runs R (5)]
        vesemir-bench run [--quick] [--runs R (5)] [--only GROUP] [--fresh] [--report-only] [--out FILE (bench/RESULTS.md)]";
@@ -188,7 +188,7 @@ async fn run(args: &[String]) -> Result<()> {
     } else {
         Plan::full(flag(args, "--runs", 5)?.max(1))
     };
-    let target = vesemir_tests::fleet::repo().join("target").join("bench");
+    let target = vesemir_testkit::fleet::repo().join("target").join("bench");
     let machine_path = target.join(plan.mode).join("machine.json");
     std::fs::create_dir_all(machine_path.parent().expect("dir"))?;
     if (only.is_none() && !report_only) || !machine_path.exists() {

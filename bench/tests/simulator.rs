@@ -51,7 +51,7 @@ async fn two_hundred_simulated_agents_fan_out_roll_and_renew() -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     // Heartbeats with facts reach the controller.
-    vesemir_tests::haproxy::poll_until(
+    vesemir_testkit::haproxy::poll_until(
         "200 agents connected with facts",
         Duration::from_secs(20),
         || {
@@ -129,7 +129,7 @@ async fn two_hundred_simulated_agents_fan_out_roll_and_renew() -> Result<()> {
     ensure!(lines == 3 * N, "{lines} log lines stored, want {}", 3 * N);
 
     // Renewal over the live connection, written back to the cache.
-    vesemir_tests::haproxy::poll_until(
+    vesemir_testkit::haproxy::poll_until(
         "every certificate renewed",
         Duration::from_secs(30),
         || {

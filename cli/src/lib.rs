@@ -1,13 +1,12 @@
 //! The `vesemir` command line as a library: the binary parses arguments and
-//! calls into these modules; the end-to-end tests reuse [`demo`]'s local
-//! fleet builder.
+//! calls into these modules.
 //!
 //! - [`client`] — finding the controller, HTTP calls, API errors.
 //! - [`agents`] — `vesemir agents …`.
 //! - [`inventory`] — `vesemir inventory resolve` and the selector flags.
 //! - [`live`] — rendering job events live.
 //! - [`deploy`] — `vesemir deploy`, `deployments …`, `rollback`.
-//! - [`demo`] — `vesemir demo`, and the local fleet it builds.
+//! - [`demo`] — `vesemir demo`, which runs `vesemir-demo` (the testkit).
 pub mod agents;
 pub mod client;
 pub mod demo;

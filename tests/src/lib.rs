@@ -1,7 +1,3 @@
-//! Test harness: starts real processes and real servers on loopback, each in
-//! its own temp dir with free ports, so tests can run in parallel.
-pub mod browser;
-pub mod fleet;
-pub mod goiardi;
-pub mod haproxy;
-pub mod postgres;
+//! The end-to-end tests are in `tests/`; their harness (processes, free
+//! ports, the local fleet, HAProxy, goiardi, Chromium) is the
+//! `vesemir-testkit` crate in `testkit/`.

@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
-use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
+use vesemir_testkit::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::haproxy::{systemctl_stand_in, Systemctl};
 
 fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
     let mut c = Controller::init(ControllerOptions::default())?;
@@ -28,7 +28,7 @@ fn setup() -> Result<(Controller, Agent, Systemctl, u16)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port();
+    let port = free_port().expect("free port");
     let sys = Systemctl::with_sample_app(port)?;
     let agent = Agent::start_with_env(c.agent_dir("app-1"), "app-1", &sys.env())?;
     wait_for("agent connected", Duration::from_secs(5), || {
@@ -74,7 +74,7 @@ fn restart_playbook_through_the_controller_shows_output_and_stats() -> Result<()
         "{calls:?}"
     );
     assert_eq!(
-        vesemir_tests::fleet::http_get_status(&format!("http://127.0.0.1:{port}/health")),
+        vesemir_testkit::fleet::http_get_status(&format!("http://127.0.0.1:{port}/health")),
         Some(200)
     );
 
@@ -109,7 +109,7 @@ fn restart_playbook_through_the_controller_shows_output_and_stats() -> Result<()
 fn failures_are_reported_with_a_non_zero_exit() -> Result<()> {
     let (c, _agent, _sys, port) = setup()?;
     // A health URL nobody answers: the play fails, the CLI exits non-zero.
-    let dead = free_port();
+    let dead = free_port().expect("free port");
     let out = c.cli(&[
         "agents",
         "run",

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use vesemir_tests::fleet::{bin, repo};
+use vesemir_testkit::fleet::{bin, repo};
 
 /// A static file server over a directory, on a free loopback port, for
 /// `get_url`/`uri`. One thread per connection; `Connection: close`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use vesemir_controller::inventory::{ChefClient, ChefError, SignVersion, SigningKey};
-use vesemir_tests::goiardi::{Goiardi, GoiardiOptions};
+use vesemir_testkit::goiardi::{Goiardi, GoiardiOptions};
 
 const FIXED_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/chef/fixed-key.pem");
 

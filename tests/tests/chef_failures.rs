@@ -15,7 +15,7 @@ use vesemir_controller::inventory::{
     ChefClient, ChefConfig, ChefError, ChefInventory, InventoryError, Selector, SignVersion,
     SigningKey,
 };
-use vesemir_tests::goiardi::{wait_indexed, Goiardi};
+use vesemir_testkit::goiardi::{wait_indexed, Goiardi};
 
 const FIXED_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/chef/fixed-key.pem");
 

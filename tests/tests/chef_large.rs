@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 use vesemir_controller::inventory::chef::node_document;
 use vesemir_controller::inventory::{ChefInventory, Selector};
-use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
+use vesemir_testkit::goiardi::{create_nodes, wait_indexed, Goiardi};
 
 const TOTAL: usize = 2_500;
 const PARALLEL: usize = 16;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use vesemir_controller::inventory::chef::node_document;
-use vesemir_tests::fleet::{wait_for, Controller, ControllerOptions};
-use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
+use vesemir_testkit::fleet::{wait_for, Controller, ControllerOptions};
+use vesemir_testkit::goiardi::{create_nodes, wait_indexed, Goiardi};
 
 /// (name, environment, tag, address)
 const NODES: [(&str, &str, &str, &str); 6] = [

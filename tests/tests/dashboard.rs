@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use vesemir_cli::demo::{HaproxyMode, LocalFleet};
-use vesemir_tests::browser::{artifacts_dir, Browser};
+use vesemir_testkit::browser::{artifacts_dir, Browser};
+use vesemir_testkit::demo::{HaproxyMode, LocalFleet};
 
 const UI_WAIT: Duration = Duration::from_secs(20);
 

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use std::process::Command;
 use std::time::Duration;
-use vesemir_cli::demo::{pid_alive, Binaries, HaproxyMode, LocalFleet};
+use vesemir_testkit::demo::{pid_alive, Binaries, HaproxyMode, LocalFleet};
 
 /// Pids of running processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {

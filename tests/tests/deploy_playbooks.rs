@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use vesemir_cli::demo::artifacts::{sha256_hex, tar_gz};
-use vesemir_cli::demo::{HaproxyMode, LocalFleet};
+use vesemir_testkit::demo::artifacts::{sha256_hex, tar_gz};
+use vesemir_testkit::demo::{HaproxyMode, LocalFleet};
 
 const DEPLOY: Duration = Duration::from_secs(60);
 

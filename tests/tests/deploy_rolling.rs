@@ -7,8 +7,8 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use vesemir_cli::demo::traffic::{RotationSampler, Traffic};
-use vesemir_cli::demo::{HaproxyMode, LocalFleet};
+use vesemir_testkit::demo::traffic::{RotationSampler, Traffic};
+use vesemir_testkit::demo::{HaproxyMode, LocalFleet};
 
 const DEPLOY: Duration = Duration::from_secs(60);
 
@@ -219,7 +219,7 @@ async fn wait_scur(f: &LocalFleet, n: u64) -> Result<()> {
     let h = f.haproxy().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let csv = vesemir_cli::demo::haproxy::command(
+        let csv = vesemir_testkit::demo::haproxy::command(
             &h.socket,
             &format!("show stat {} 4 -1", h.backend),
         )

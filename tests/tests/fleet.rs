@@ -4,7 +4,7 @@
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
 
 fn connected(c: &Controller, names: &[&str]) -> bool {
     c.agents().is_ok_and(|list| {
@@ -143,7 +143,7 @@ fn revoking_closes_within_a_second_and_refuses_reconnects() -> Result<()> {
     let token = c.enrollment_token(3)?;
     let dir = c.root.path().join("intruder");
     let intruder = |name: &str| {
-        std::process::Command::new(vesemir_tests::fleet::bin("vesemir-agent"))
+        std::process::Command::new(vesemir_testkit::fleet::bin("vesemir-agent"))
             .args([
                 "enroll",
                 "--controller",
@@ -305,7 +305,7 @@ fn bad_config_exits_64_naming_the_key_and_init_refuses_to_overwrite() -> Result<
         ),
     ] {
         std::fs::write(&cfg, &bad)?;
-        let out = std::process::Command::new(vesemir_tests::fleet::bin("vesemir-controller"))
+        let out = std::process::Command::new(vesemir_testkit::fleet::bin("vesemir-controller"))
             .args(["serve", "--config"])
             .arg(&cfg)
             .output()?;
@@ -313,7 +313,7 @@ fn bad_config_exits_64_naming_the_key_and_init_refuses_to_overwrite() -> Result<
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{key}: {err}");
     }
-    let out = std::process::Command::new(vesemir_tests::fleet::bin("vesemir-controller"))
+    let out = std::process::Command::new(vesemir_testkit::fleet::bin("vesemir-controller"))
         .args(["init", "--data-dir"])
         .arg(&c.data_dir)
         .output()?;
@@ -492,7 +492,7 @@ fn foreign_expired_and_missing_client_certificates_are_refused_at_the_handshake(
             .is_ok());
     });
     assert_eq!(
-        vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)),
+        vesemir_testkit::fleet::http_get_status(&format!("{}/healthz", c.url)),
         Some(200)
     );
     wait_for("good agent still connected", Duration::from_secs(5), || {
@@ -577,7 +577,7 @@ fn garbage_on_the_wire_closes_only_that_connection() -> Result<()> {
         anyhow::Ok(())
     })?;
     assert_eq!(
-        vesemir_tests::fleet::http_get_status(&format!("{}/healthz", c.url)),
+        vesemir_testkit::fleet::http_get_status(&format!("{}/healthz", c.url)),
         Some(200)
     );
     wait_for("good agent unaffected", Duration::from_secs(5), || {

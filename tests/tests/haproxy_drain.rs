@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use vesemir_agent::haproxy::State;
-use vesemir_tests::haproxy::{poll_until, Fleet};
+use vesemir_testkit::haproxy::{poll_until, Fleet};
 
-const APP: &str = env!("CARGO_BIN_EXE_vesemir-sample-app");
+static APP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(vesemir_testkit::haproxy::sample_app);
 const T: Duration = Duration::from_secs(10);
 
 /// Start a `/slow?ms=…` request through HAProxy that lands on `web1`, and
@@ -46,7 +47,9 @@ async fn slow_request_on_web1(
 
 #[tokio::test]
 async fn drain_waits_for_the_request_in_flight() {
-    let f = Fleet::start(Path::new(APP), "app", 2, "v1").await.unwrap();
+    let f = Fleet::start(Path::new(&*APP), "app", 2, "v1")
+        .await
+        .unwrap();
     let api = f.haproxy.api();
     let slow = Duration::from_millis(1500);
     let started = Instant::now();
@@ -108,7 +111,9 @@ async fn drain_waits_for_the_request_in_flight() {
 
 #[tokio::test]
 async fn drain_gives_up_after_the_degradation_time() {
-    let f = Fleet::start(Path::new(APP), "app", 2, "v1").await.unwrap();
+    let f = Fleet::start(Path::new(&*APP), "app", 2, "v1")
+        .await
+        .unwrap();
     let api = f.haproxy.api();
     let started = Instant::now();
     let request = slow_request_on_web1(&f, 2500).await;

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vesemir_agent::haproxy::{OpState, State, Weight};
-use vesemir_tests::haproxy::{free_port, Haproxy, Systemctl};
+use vesemir_testkit::haproxy::{free_port, Haproxy, Systemctl};
 
-const APP: &str = env!("CARGO_BIN_EXE_vesemir-sample-app");
+static APP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(vesemir_testkit::haproxy::sample_app);
 const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +28,8 @@ async fn rolling_restart_behind_haproxy_loses_no_request() {
         sc.add_unit(
             name,
             &format!(
-                "{APP} --listen 127.0.0.1:{port} --version-file {}",
+                "{} --listen 127.0.0.1:{port} --version-file {}",
+                *APP,
                 version.display()
             ),
             Some(&format!("exec 3<>/dev/tcp/127.0.0.1/{port}")),
@@ -140,7 +142,7 @@ async fn rolling_restart_behind_haproxy_loses_no_request() {
     }
     // Let the clients see the last host back.
     let settle = ok.load(Ordering::Relaxed) + 200;
-    vesemir_tests::haproxy::poll_until("more requests after the rollout", T, || {
+    vesemir_testkit::haproxy::poll_until("more requests after the rollout", T, || {
         let ok = ok.clone();
         async move { (ok.load(Ordering::Relaxed) >= settle).then_some(()) }
     })

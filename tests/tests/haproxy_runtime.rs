@@ -8,13 +8,16 @@ use vesemir_agent::haproxy::{
     execute, AdminState, HaproxyError, HaproxyOp, HaproxyReply, OpState, RuntimeApi, State, Weight,
     DEFAULT_TIMEOUT,
 };
-use vesemir_tests::haproxy::{Fleet, Haproxy};
+use vesemir_testkit::haproxy::{Fleet, Haproxy};
 
-const APP: &str = env!("CARGO_BIN_EXE_vesemir-sample-app");
+static APP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(vesemir_testkit::haproxy::sample_app);
 const T: Duration = Duration::from_secs(10);
 
 async fn fleet(n: usize) -> Fleet {
-    Fleet::start(Path::new(APP), "app", n, "v1").await.unwrap()
+    Fleet::start(Path::new(&*APP), "app", n, "v1")
+        .await
+        .unwrap()
 }
 
 /// Pids (from `X-Vesemir-Pid`) that answered `n` requests sent through the frontend.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use vesemir_tests::haproxy::SampleApp;
+use vesemir_testkit::haproxy::SampleApp;
 
-const APP: &str = env!("CARGO_BIN_EXE_vesemir-sample-app");
+static APP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(vesemir_testkit::haproxy::sample_app);
 
 /// Read one response: status line, headers (lowercased names), body by Content-Length.
 async fn read_response<R: AsyncBufReadExt + Unpin>(
@@ -48,7 +49,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 #[tokio::test]
 async fn keep_alive_close_and_health() {
     let dir = tempfile::tempdir().unwrap();
-    let app = SampleApp::start(Path::new(APP), dir.path(), "v7")
+    let app = SampleApp::start(Path::new(&*APP), dir.path(), "v7")
         .await
         .unwrap();
     let mut conn = BufReader::new(TcpStream::connect(app.addr()).await.unwrap());
@@ -98,7 +99,7 @@ async fn keep_alive_close_and_health() {
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut app = SampleApp::start(Path::new(APP), dir.path(), "v1")
+    let mut app = SampleApp::start(Path::new(&*APP), dir.path(), "v1")
         .await
         .unwrap();
     let addr = app.addr();

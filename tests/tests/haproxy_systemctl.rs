@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vesemir_tests::haproxy::{free_port, poll_until, Systemctl};
+use vesemir_testkit::haproxy::{free_port, poll_until, Systemctl};
 
-const APP: &str = env!("CARGO_BIN_EXE_vesemir-sample-app");
+static APP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(vesemir_testkit::haproxy::sample_app);
 
 async fn get(url: &str) -> Option<(String, u32)> {
     let resp = reqwest::get(url).await.ok()?;
@@ -31,7 +32,8 @@ async fn restart_runs_a_new_process_with_the_new_version() {
     sc.add_unit(
         "sample",
         &format!(
-            "{APP} --listen 127.0.0.1:{port} --version-file {}",
+            "{} --listen 127.0.0.1:{port} --version-file {}",
+            *APP,
             version.display()
         ),
         // Ready once it accepts connections (bash only, no curl needed).
@@ -119,7 +121,7 @@ async fn a_start_that_crashes_fails() {
     let sc = Systemctl::new().unwrap();
     sc.add_unit(
         "broken",
-        &format!("{APP} --listen not-an-address --version v1"),
+        &format!("{} --listen not-an-address --version v1", *APP),
         None,
     )
     .unwrap();

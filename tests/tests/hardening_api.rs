@@ -3,7 +3,7 @@
 //! paths authenticated before they are answered 404.
 
 use anyhow::Result;
-use vesemir_tests::fleet::{Controller, ControllerOptions};
+use vesemir_testkit::fleet::{Controller, ControllerOptions};
 
 fn get(c: &Controller, path: &str, token: Option<&str>) -> Result<(u16, String, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()

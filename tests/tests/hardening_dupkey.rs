@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
 
 fn show(c: &Controller, name: &str) -> Result<serde_json::Value> {
     let out = c.cli(&["agents", "show", name, "--output", "json"]);

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use vesemir_tests::fleet::{Controller, ControllerOptions};
+use vesemir_testkit::fleet::{Controller, ControllerOptions};
 
 /// Slow connections spread over many sources (under the per-source limit each).
 const SPREAD_SOURCES: u8 = 100;

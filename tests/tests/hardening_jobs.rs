@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use vesemir_tests::fleet::{bin, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{bin, wait_for, Agent, Controller, ControllerOptions};
 
 /// A playbook that takes a while: two tasks, so a follower joining late
 /// still sees live events of the second.

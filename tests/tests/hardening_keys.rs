@@ -5,7 +5,7 @@
 use anyhow::Result;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use vesemir_tests::fleet::{bin, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{bin, Controller, ControllerOptions};
 
 fn chmod(p: &std::path::Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();

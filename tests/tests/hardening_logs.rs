@@ -5,7 +5,7 @@
 use anyhow::Result;
 use std::process::Command;
 use std::time::Duration;
-use vesemir_tests::fleet::{bin, http_get_status, wait_for, Controller, ControllerOptions, Proc};
+use vesemir_testkit::fleet::{bin, http_get_status, wait_for, Controller, ControllerOptions, Proc};
 
 const NAME: &str = "x\nFORGED line: agent enrolled admin=true";
 

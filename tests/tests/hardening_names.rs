@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
 
 #[test]
 fn spellings_of_an_enrolled_name_are_the_same_node() -> Result<()> {

@@ -17,7 +17,7 @@ use vesemir_controller::inventory::chef::node_document;
 use vesemir_controller::inventory::{
     ChefInventory, Host, InventoryError, InventorySource, Selector, StaticInventory,
 };
-use vesemir_tests::goiardi::{create_nodes, wait_indexed, Goiardi};
+use vesemir_testkit::goiardi::{create_nodes, wait_indexed, Goiardi};
 
 const NODES: usize = 60;
 const ENVS: [&str; 3] = ["production", "staging", "prod-eu"];

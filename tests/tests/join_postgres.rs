@@ -1,5 +1,5 @@
 //! Two controllers on one PostgreSQL (a throwaway cluster from
-//! `vesemir_tests::postgres`): A is `init --database-url postgres://…`, B is
+//! `vesemir_testkit::postgres`): A is `init --database-url postgres://…`, B is
 //! `init --join A's data dir`. The admin API token works on both, an
 //! enrollment token made on B is spent on A and B alike (one use count),
 //! agents enrolled through either are listed by both, and a revocation made
@@ -7,8 +7,8 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{wait_for, Agent, Controller, ControllerOptions};
-use vesemir_tests::postgres::Postgres;
+use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::postgres::Postgres;
 
 fn names(c: &Controller) -> Result<Vec<String>> {
     let mut v: Vec<String> = c

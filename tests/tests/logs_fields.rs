@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::process::Command;
 use std::time::Duration;
-use vesemir_tests::fleet::{
+use vesemir_testkit::fleet::{
     bin, free_port, http_get_status, repo, wait_for, Agent, Controller, ControllerOptions, Proc,
 };
-use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
+use vesemir_testkit::haproxy::{systemctl_stand_in, Systemctl};
 
 /// Every line of a log as JSON (a line that is not JSON fails the test:
 /// under systemd the default is JSON).
@@ -104,7 +104,7 @@ fn a_deployments_log_lines_carry_deployment_host_and_job_ids() -> Result<()> {
         (http_get_status(&url) == Some(200)).then_some(())
     })?;
 
-    let port = free_port();
+    let port = free_port().expect("free port");
     let sys = Systemctl::with_sample_app(port)?;
     let out = c.enroll(
         "app-1",

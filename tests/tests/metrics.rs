@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vesemir_cli::demo::{HaproxyMode, LocalFleet};
-use vesemir_tests::fleet::{Controller, ControllerOptions};
-use vesemir_tests::goiardi::Goiardi;
+use vesemir_testkit::demo::{HaproxyMode, LocalFleet};
+use vesemir_testkit::fleet::{Controller, ControllerOptions};
+use vesemir_testkit::goiardi::Goiardi;
 
 /// Parsed samples: `name{labels}` exactly as written → value.
 fn samples(text: &str) -> BTreeMap<String, f64> {

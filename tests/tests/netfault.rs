@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{
+use vesemir_testkit::fleet::{
     bin, free_port, repo, wait_for, Agent, Controller, ControllerOptions, Proc,
 };
-use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
+use vesemir_testkit::haproxy::{systemctl_stand_in, Systemctl};
 
 /// A network namespace joined to the root namespace by a veth pair.
 /// Dropping it deletes the namespace (which deletes the pair).
@@ -461,7 +461,7 @@ fn rolling_deploy_succeeds_through_10_percent_loss_and_200ms_delay() -> Result<(
     let mut agents = Vec::new();
     let mut systemctls = Vec::new();
     for name in names {
-        let port = free_port();
+        let port = free_port().expect("free port");
         let sys = Systemctl::with_sample_app(port)?;
         agents.push(agent(
             &c,
@@ -537,7 +537,7 @@ fn partition_mid_job(max_fail_percentage: u32) -> Result<Option<Partitioned>> {
     let mut agents = Vec::new();
     let mut systemctls = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let port = free_port();
+        let port = free_port().expect("free port");
         let sys = Systemctl::with_sample_app(port)?;
         let inside = (i == 0).then_some((&ns, target));
         agents.push(agent(&c, &token, name, &playbooks, &sys, port, inside)?);

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{
+use vesemir_testkit::fleet::{
     bin, http_get_status, repo, Agent, Controller, ControllerOptions, Proc,
 };
 
@@ -283,7 +283,7 @@ fn a_bad_notify_socket_is_logged_and_the_controller_serves_anyway() -> Result<()
     c.proc = Some(Proc::spawn("controller", cmd, log)?);
     let url = format!("{}/readyz", c.url);
     let proc = c.proc.as_mut().expect("started");
-    vesemir_tests::fleet::wait_for("controller /readyz", Duration::from_secs(20), || {
+    vesemir_testkit::fleet::wait_for("controller /readyz", Duration::from_secs(20), || {
         if !proc.is_running() {
             return Some(Err(anyhow::anyhow!(
                 "controller exited:\n{}",

@@ -7,7 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use vesemir_tests::fleet::{repo, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{repo, Controller, ControllerOptions};
 
 /// HTTP method routers axum offers (`axum::routing::{get, post, …}`).
 const METHODS: &[&str] = &[

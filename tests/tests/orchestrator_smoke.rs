@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
-use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
+use vesemir_testkit::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::haproxy::{systemctl_stand_in, Systemctl};
 
 struct Env {
     c: Controller,
@@ -35,7 +35,7 @@ fn env(hosts: usize) -> Result<Env> {
     let mut systemctls = Vec::new();
     for i in 1..=hosts {
         let name = format!("app-{i}");
-        let port = free_port();
+        let port = free_port().expect("free port");
         let sys = Systemctl::with_sample_app(port)?;
         let out = c.enroll(
             &name,

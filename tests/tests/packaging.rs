@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vesemir_tests::fleet::bin;
+use vesemir_testkit::fleet::bin;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -586,7 +586,7 @@ impl MachineLock {
                     .open(std::env::temp_dir().join("vesemir-packaging-test.lock"))
             })
             .expect("lock file");
-        vesemir_tests::fleet::wait_for(
+        vesemir_testkit::fleet::wait_for(
             "the machine-wide packaging lock",
             std::time::Duration::from_secs(300),
             || {
@@ -603,13 +603,16 @@ impl MachineLock {
 /// `dpkg ARGS`, retried while apt or another dpkg holds dpkg's own lock.
 fn dpkg(args: &[&str]) -> (bool, String) {
     let mut last = String::new();
-    let found =
-        vesemir_tests::fleet::wait_for("dpkg's lock", std::time::Duration::from_secs(120), || {
+    let found = vesemir_testkit::fleet::wait_for(
+        "dpkg's lock",
+        std::time::Duration::from_secs(120),
+        || {
             let (ok, out, err) = run(Command::new("dpkg").args(args));
             last = format!("{out}{err}");
             let locked = !ok && err.contains("lock");
             (!locked).then_some(ok)
-        });
+        },
+    );
     (found.unwrap_or(false), last)
 }
 
@@ -625,6 +628,8 @@ fn debian_packages_hold_what_they_should() {
     for want in [
         "/usr/bin/vesemir-controller",
         "/usr/bin/vesemir",
+        "/usr/bin/vesemir-demo",
+        "/usr/bin/vesemir-sample-app",
         "/lib/systemd/system/vesemir-controller.service",
         "/usr/lib/sysusers.d/vesemir.conf",
         "/usr/lib/tmpfiles.d/vesemir.conf",
@@ -690,7 +695,7 @@ fn debian_packages_hold_what_they_should() {
         ])),
         "tmpfiles.d does not create the data dir for user vesemir:\n{tmpfiles}"
     );
-    for b in ["vesemir-controller", "vesemir"] {
+    for b in ["vesemir-controller", "vesemir", "vesemir-demo"] {
         let (ok, out, err) = run(Command::new(x.join("usr/bin").join(b)).arg("--version"));
         assert!(
             ok && out.contains(env!("CARGO_PKG_VERSION")),

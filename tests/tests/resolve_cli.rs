@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use std::time::Duration;
-use vesemir_tests::fleet::{wait_for, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{wait_for, Controller, ControllerOptions};
 
 #[test]
 fn resolve_prints_hosts_and_their_agent_state() -> Result<()> {

@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use vesemir_cli::demo::{HaproxyMode, LocalFleet};
+use vesemir_testkit::demo::{HaproxyMode, LocalFleet};
 
 const DEPLOY: Duration = Duration::from_secs(60);
 

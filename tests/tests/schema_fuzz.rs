@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
-use vesemir_tests::fleet::{http_get_status, repo, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{http_get_status, repo, Controller, ControllerOptions};
 
 fn schemathesis() -> Option<String> {
     let ok = Command::new("st")

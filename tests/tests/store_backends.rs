@@ -1,5 +1,5 @@
 //! The store's cases run on both backends: SQLite (a file in a temp dir) and
-//! PostgreSQL 15 (a throwaway cluster started by `vesemir_tests::postgres`).
+//! PostgreSQL 15 (a throwaway cluster started by `vesemir_testkit::postgres`).
 //! Every case gets a fresh database; a backend's cases share one cluster so
 //! initdb is paid once per backend (about a second), not once per case.
 //!
@@ -14,7 +14,7 @@ use vesemir_controller::store::{
     now_ms, Forget, HaproxyActionRow, Inserted, LastSeen, LogRow, NewDeployment, NewHost, Store,
     TokenRefusal,
 };
-use vesemir_tests::postgres::Postgres;
+use vesemir_testkit::postgres::Postgres;
 
 type Case = fn(Store) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 

@@ -10,8 +10,8 @@ use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
-use vesemir_tests::haproxy::{systemctl_stand_in, Systemctl};
+use vesemir_testkit::fleet::{free_port, repo, wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::haproxy::{systemctl_stand_in, Systemctl};
 
 const HOSTS: usize = 3;
 const ENROLLMENTS: usize = 200;
@@ -90,7 +90,7 @@ fn two_hundred_enrollments_32_at_once_while_agents_heartbeat_and_deployments_run
     let mut systemctls = Vec::new();
     for i in 1..=HOSTS {
         let name = format!("app-{i}");
-        let port = free_port();
+        let port = free_port().expect("free port");
         let sys = Systemctl::with_sample_app(port)?;
         let out = c.enroll(
             &name,

@@ -2,7 +2,7 @@
 //! API calls the demo and the tests make on the admin socket (the agent on
 //! `lb-1` makes the real ones for the controller).
 
-use super::procs::Daemon;
+use crate::procs::Proc;
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -182,13 +182,13 @@ pub(crate) async fn start(
     dir: &Path,
     backend: &str,
     servers: &[(String, u16)],
-) -> Result<(Daemon, HaproxyInfo)> {
+) -> Result<(Proc, HaproxyInfo)> {
     std::fs::create_dir_all(dir)?;
     let socket = dir.join("admin.sock");
     let mut last = None;
     // The free port may be taken between probing and HAProxy's bind: retry.
     for _ in 0..3 {
-        let frontend = SocketAddr::from(([127, 0, 0, 1], super::procs::free_port()?));
+        let frontend = SocketAddr::from(([127, 0, 0, 1], crate::procs::free_port()?));
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, config(&socket, frontend, backend, servers))?;
         let out = Command::new("haproxy")
@@ -205,10 +205,10 @@ pub(crate) async fn start(
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut d = Daemon::spawn(
+        let mut d = Proc::daemon(
             "haproxy",
             Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
-            &dir.join("haproxy.log"),
+            dir.join("haproxy.log"),
         )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let ready = loop {

@@ -12,13 +12,14 @@
 //! which installs PostgreSQL) a missing `initdb` is an error instead, so CI
 //! can't pass by skipping.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context, Result};
+
+use crate::procs::free_port;
 
 /// The superuser initdb creates; trust auth, so no password.
 const USER: &str = "vesemir";
@@ -55,10 +56,6 @@ pub fn find_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn check(what: &str, out: Output) -> Result<Output> {

@@ -2,10 +2,12 @@
 //! temp dir, on free loopback ports, killed on drop. Their logs go to files
 //! in the temp dir and are printed when a test fails.
 
-use anyhow::{anyhow, bail, Context, Result};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use anyhow::{anyhow, bail, Result};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+pub use crate::procs::{free_port, Proc};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (built by `cargo build --workspace`).
@@ -31,18 +33,6 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A loopback port free for both TCP and UDP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
 /// Polls `f` until it returns Some or the deadline passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -54,80 +44,6 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process whose output goes to a log file; killed on drop.
-pub struct Proc {
-    /// The process.
-    pub child: Child,
-    /// Its combined log.
-    pub log: PathBuf,
-    name: String,
-}
-
-impl Proc {
-    /// Spawns `cmd` with output to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
-        let f = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("spawning {name}"))?;
-        Ok(Proc {
-            child,
-            log,
-            name: name.to_string(),
-        })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait up to `timeout` for the exit status.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether it is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // nextest shows a test's output only when it fails: print always.
-        eprintln!("----- log of {} -----\n{}", self.name, self.log_text());
     }
 }
 
@@ -195,7 +111,7 @@ impl Controller {
     pub fn init_with_args(opts: ControllerOptions, init_args: &[&str]) -> Result<Controller> {
         let root = tempfile::tempdir()?;
         let data_dir = root.path().join("controller");
-        let (api_port, quic_port) = (free_port(), free_port());
+        let (api_port, quic_port) = (free_port()?, free_port()?);
         let out = Command::new(bin("vesemir-controller"))
             .args(["init", "--data-dir"])
             .arg(&data_dir)

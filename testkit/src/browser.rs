@@ -35,7 +35,7 @@ pub fn artifacts_dir() -> Result<PathBuf> {
 impl Browser {
     /// Starts chromedriver and a headless Chromium window of `width`×`height`.
     pub async fn start(width: u32, height: u32) -> Result<Browser> {
-        let port = crate::fleet::free_port();
+        let port = crate::procs::free_port()?;
         let profile = tempfile::tempdir()?;
         let log = profile.path().join("chromedriver.log");
         let driver = Command::new("chromedriver")

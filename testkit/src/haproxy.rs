@@ -16,7 +16,7 @@
 //! Every server gets `weight 100`, so percent weights map to round numbers
 //! (HAProxy's default weight is 1, where 50% would round to 0).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,16 +35,21 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval for readiness and state checks.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+pub use crate::procs::free_port;
+
+/// Path of the `vesemir-sample-app` binary (built by `cargo build
+/// --workspace --bins`, which the README's test command runs first).
+pub fn sample_app() -> String {
+    crate::fleet::bin("vesemir-sample-app")
+        .display()
+        .to_string()
 }
 
 /// The recording `systemctl` stand-in (`tests/fixtures/bin/systemctl`), for
 /// tests that need a service manager: systemd is not PID 1 here. See the
 /// comment at the top of the script for its environment variables.
 pub fn systemctl_stand_in() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bin/systemctl")
+    crate::fleet::repo().join("tests/fixtures/bin/systemctl")
 }
 
 /// Poll `probe` every 20 ms until it returns `Some`, or fail after `timeout`

@@ -5,7 +5,6 @@
 //! (authentication is on and the HTTP server is up). Dropping it sends
 //! SIGTERM, then SIGKILL if goiardi has not exited after 2 s.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,12 +32,7 @@ pub struct Goiardi {
     dir: tempfile::TempDir,
 }
 
-/// Port the kernel says is free now. Racy by nature, but goiardi only
-/// binds once and a collision shows up as a failed start, not a wrong test.
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+use crate::procs::free_port;
 
 impl Goiardi {
     /// Start with defaults.

@@ -24,14 +24,15 @@
 
 use super::artifacts::{sha256_hex, tar_gz, ArtifactServer, Changeset};
 use super::haproxy::{self, HaproxyInfo, ServerRow};
-use super::procs::{free_port, leads_own_session, log_tail, pid_alive, Binaries, Daemon};
-use crate::client::Api;
+use super::procs::Binaries;
+use crate::procs::{free_port, leads_own_session, log_tail, pid_alive, Proc};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vesemir_cli::client::Api;
 
 /// The application the fleet runs.
 pub const APP: &str = "demo";
@@ -284,11 +285,11 @@ impl AppHost {
 /// A running local fleet. See the module docs.
 pub struct LocalFleet {
     /// Agent processes (stopped first).
-    agents: Vec<Daemon>,
+    agents: Vec<Proc>,
     /// The controller process.
-    controller: Option<Daemon>,
+    controller: Option<Proc>,
     /// HAProxy process (stopped last, after the apps).
-    haproxy_proc: Option<Daemon>,
+    haproxy_proc: Option<Proc>,
     /// Where HAProxy is.
     haproxy: Option<HaproxyInfo>,
     /// Serves the changesets.
@@ -517,10 +518,10 @@ impl LocalFleet {
             .env("RUST_LOG", "info")
             .env("VESEMIR_SYSTEMCTL_UNITS", host_dir.join("units"))
             .env("VESEMIR_SYSTEMCTL_LOG", host_dir.join("systemctl.log"));
-        let d = Daemon::spawn(
+        let d = Proc::daemon(
             &format!("agent {name}"),
             &mut cmd,
-            &host_dir.join("agent.log"),
+            host_dir.join("agent.log"),
         )?;
         self.agents.push(d);
         Ok(())
@@ -543,7 +544,7 @@ impl LocalFleet {
             .arg("--config")
             .arg(self.data_dir.join("controller.toml"))
             .env("RUST_LOG", "info,vesemir_controller=debug");
-        self.controller = Some(Daemon::spawn("controller", &mut cmd, &log)?);
+        self.controller = Some(Proc::daemon("controller", &mut cmd, &log)?);
         let http = reqwest::Client::new();
         let url = format!("{}/readyz", self.api_url);
         let deadline = Instant::now() + START_TIMEOUT;
