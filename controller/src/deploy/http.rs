@@ -405,3 +405,53 @@ pub async fn logs(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(request: String) -> DeploymentRow {
+        DeploymentRow {
+            id: "d1".into(),
+            application: "pay".into(),
+            environment: "prod".into(),
+            team: "t".into(),
+            status: "succeeded".into(),
+            requested_by: "admin".into(),
+            request,
+            changeset_version: Some("1.0".into()),
+            query: None,
+            haproxy_query: None,
+            haproxy_vms: None,
+            hosts_total: 0,
+            cancel_requested: false,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        }
+    }
+
+    /// A row written before requests were version-tagged (the raw body) and
+    /// one written now show the same request, without the envelope.
+    #[test]
+    fn raw_and_versioned_rows_show_the_same_request() {
+        let raw = json!({
+            "application": "pay", "environment": "prod", "team": "t",
+            "selector": {"tags": ["app:pay"]}, "concurrency": "50%",
+            "changeset": {"version": "1.0", "url": "http://x/a.tgz", "sha256": "a".repeat(64)}
+        })
+        .to_string();
+        let req = vesemir_api::StoredRequest::parse(&raw)
+            .unwrap()
+            .into_request();
+        let versioned = vesemir_api::StoredRequest::new(req).to_json();
+        assert!(versioned.contains("\"version\":1"), "{versioned}");
+        let old = deployment_json(&row(raw), Some(&[]), None);
+        let new = deployment_json(&row(versioned), Some(&[]), None);
+        assert_eq!(old["request"], new["request"]);
+        assert_eq!(new["concurrency"], "50%");
+        assert_eq!(new["request"]["application"], "pay");
+        assert!(new["request"].get("version").is_none());
+    }
+}
