@@ -142,6 +142,7 @@ async fn chef_resolve(nodes: usize, parallel: usize, runs: usize) -> Result<()> 
         );
     }
     report.insert("nodes".into(), json!(nodes));
+    report.insert("runs".into(), json!(runs));
     report.insert("create_ms".into(), json!(took.as_millis()));
     println!("{}", serde_json::Value::Object(report));
     Ok(())

@@ -62,6 +62,25 @@ fn mmm(v: &Value, digits: usize, unit: &str) -> String {
     )
 }
 
+/// The Chef row: "not measured" (not 0.00 s) when the group has not run.
+fn chef_row(chef: &Value) -> String {
+    let ms = |set: &str, k: &str| chef[set][k].as_f64().map(|x| x / 1000.0);
+    match (ms("all", "median_ms"), ms("all", "min_ms"), ms("all", "max_ms")) {
+        (Some(m), Some(lo), Some(hi)) => {
+            let half = match ms("half", "median_ms") {
+                Some(h) => format!("; half the nodes (two tags and a role) **{h:.2} s**"),
+                None => String::new(),
+            };
+            format!(
+                "**{m:.2} s** ({lo:.2}–{hi:.2} s, {} runs){half}; creating the nodes took {:.1} s",
+                chef["runs"].as_u64().map_or("?".into(), |r| r.to_string()),
+                chef["create_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            )
+        }
+        _ => "not measured".into(),
+    }
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "met",
@@ -310,12 +329,7 @@ pub fn render(target: &Path, plan: &Plan, machine: &Value, command: &str) -> Str
         ),
         (
             format!("Chef resolve, {} nodes, all match", chef["nodes"]),
-            format!(
-                "**{:.2} s** ({:.2}–{:.2} s)",
-                chef["all"]["median_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                chef["all"]["min_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                chef["all"]["max_ms"].as_f64().unwrap_or(0.0) / 1000.0
-            ),
+            chef_row(&chef),
             "—".into(),
             None,
         ),
