@@ -12,6 +12,11 @@ pub struct AgentConfig {
     pub name: String,
     /// Controller `HOST:PORT` (UDP for QUIC).
     pub controller: String,
+    /// More controllers sharing the first one's database and CA (`init
+    /// --join`), `HOST:PORT` each. The agent starts on a random one of
+    /// `controller` + these and moves to the next when a session ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
     /// Name to verify the controller's certificate against; default: HOST.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -100,6 +105,16 @@ impl AgentConfig {
                 format!("{:?} is not HOST:PORT", cfg.controller),
             ));
         }
+        if let Some(bad) = cfg
+            .controllers
+            .iter()
+            .find(|c| split_host_port(c).is_none())
+        {
+            return Err(invalid(
+                "controllers",
+                format!("{bad:?} is not HOST:PORT (a list of \"HOST:PORT\" strings)"),
+            ));
+        }
         if cfg.name.is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
@@ -124,6 +139,17 @@ impl AgentConfig {
         split_host_port(&self.controller)
     }
 
+    /// Every controller address, `controller` first, without repeats.
+    pub fn controller_addresses(&self) -> Vec<String> {
+        let mut all = vec![self.controller.clone()];
+        for c in &self.controllers {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+        all
+    }
+
     /// Resolves a path relative to the data dir.
     pub fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -143,6 +169,7 @@ impl AgentConfig {
         AgentConfig {
             name,
             controller,
+            controllers: Vec::new(),
             server_name: None,
             data_dir,
             ca_cert: default_ca(),

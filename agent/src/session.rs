@@ -62,15 +62,25 @@ pub async fn run(
             every,
         )))
     });
-    let (host, port) = cfg
-        .controller_host_port()
-        .ok_or_else(|| format!("controller {:?} is not HOST:PORT", cfg.controller))?;
-    let server_name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
+    let addresses = cfg.controller_addresses();
+    let targets = addresses
+        .iter()
+        .map(|a| {
+            crate::config::split_host_port(a)
+                .ok_or_else(|| format!("controller {a:?} is not HOST:PORT"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Several controllers (`controllers` in agent.toml): start on a random
+    // one so agents spread over them, and move to the next whenever a
+    // session ends, with the usual backoff and jitter in between.
+    let mut current = rand::random::<usize>() % targets.len();
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
+        let (host, port) = &targets[current];
+        let server_name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
         let end = tokio::select! {
-            end = session(&cfg, &host, port, &server_name, &jobs, &notify) => end,
+            end = session(&cfg, host, *port, &server_name, &jobs, &notify) => end,
             _ = &mut shutdown => SessionEnd::Shutdown,
         };
         let delay = match &end {
@@ -109,10 +119,11 @@ pub async fn run(
                 d
             }
         };
-        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        current = (current + 1) % targets.len();
+        tracing::info!(delay_ms = delay.as_millis() as u64, controller = %addresses[current], "reconnecting");
         notify.ready(&format!(
             "not connected to {}; retrying in {:.1}s",
-            cfg.controller,
+            addresses[current],
             delay.as_secs_f64()
         ));
         tokio::select! {
@@ -289,7 +300,8 @@ async fn serve_connection(
     );
     notify.ready(&format!(
         "connected to {} (controller {})",
-        cfg.controller, welcome.controller_version
+        conn.remote_address(),
+        welcome.controller_version
     ));
 
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
