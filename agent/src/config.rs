@@ -201,7 +201,23 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_host_port;
+    use super::{split_host_port, AgentConfig};
+
+    #[test]
+    fn one_controller_or_several() {
+        let one: AgentConfig =
+            toml::from_str("name = \"n\"\ncontroller = \"a:1\"\ndata_dir = \"/d\"\n").unwrap();
+        assert_eq!(one.controller_addresses(), ["a:1"]);
+        assert!(
+            !toml::to_string(&one).unwrap().contains("controllers"),
+            "the single form is written as before"
+        );
+        let several: AgentConfig = toml::from_str(
+            "name = \"n\"\ncontroller = \"a:1\"\ncontrollers = [\"b:1\", \"a:1\", \"c:1\"]\ndata_dir = \"/d\"\n",
+        )
+        .unwrap();
+        assert_eq!(several.controller_addresses(), ["a:1", "b:1", "c:1"]);
+    }
 
     #[test]
     fn host_port() {
