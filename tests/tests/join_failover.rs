@@ -9,8 +9,8 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use vesemir_tests::fleet::{wait_for, Agent, Controller, ControllerOptions};
-use vesemir_tests::postgres::Postgres;
+use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::postgres::Postgres;
 
 #[test]
 fn an_agent_moves_to_the_other_controller_within_10s_when_its_controller_stops() -> Result<()> {
