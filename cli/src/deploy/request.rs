@@ -280,11 +280,18 @@ pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("--changeset-sha256: expected 64 hex digits, got {s:?}");
             }
-            let mut c = json!({"version": v, "url": u, "sha256": s.to_ascii_lowercase()});
-            if let Some(p) = &f.changeset_playbook {
-                c["playbook"] = json!(p);
+            let c = vesemir_api::ChangesetBody {
+                version: v.clone(),
+                url: u.clone(),
+                sha256: s.to_ascii_lowercase(),
+                playbook: f.changeset_playbook.clone(),
+            };
+            // The controller's own rule, named by flag, before a round trip.
+            if let Err((field, message)) = vesemir_api::check_changeset(&c) {
+                let flag = format!("--{}", field.replace('.', "-"));
+                bail!("{flag}: {message}");
             }
-            body.insert("changeset".into(), c);
+            body.insert("changeset".into(), serde_json::to_value(c)?);
         }
         _ => bail!(
             "changeset: give all of --changeset-version, --changeset-url and --changeset-sha256, or none"
@@ -442,6 +449,39 @@ mod tests {
                 "changeset": {"version": "2.4.1", "url": "https://x/p.tgz", "sha256": SHA},
                 "dry_run": false
             }),
+        );
+    }
+
+    #[test]
+    fn changesets_are_checked_by_the_api_rules_before_sending() {
+        let cs = |version: &str, url: &str, playbook: &str| {
+            let mut a = vec![
+                "--app",
+                "pay",
+                "--env",
+                "prod",
+                "--tag",
+                "app:pay",
+                "--changeset-sha256",
+                SHA,
+            ];
+            a.extend(["--changeset-version", version, "--changeset-url", url]);
+            if !playbook.is_empty() {
+                a.extend(["--changeset-playbook", playbook]);
+            }
+            a.into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        let run = |a: Vec<String>, needle: &str| {
+            check_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+        };
+        run(cs("../x", "https://x/p.tgz", ""), "--changeset-version");
+        run(
+            cs("1.0", "ftp://x/p.tgz", ""),
+            "--changeset-url: must be an http:// or https:// URL",
+        );
+        run(
+            cs("1.0", "https://x/p.tgz", "../up.yml"),
+            "--changeset-playbook",
         );
     }
 
