@@ -143,9 +143,11 @@ pub async fn enroll(mut opts: EnrollOptions) -> Result<PathBuf, EnrollError> {
                 // enrolling at once). Try again shortly, with jitter.
                 Err(e) if closed_early(&e) && attempt < ENROLL_RETRIES => {
                     attempt += 1;
-                    let ms = 250u64 << attempt;
-                    tokio::time::sleep(Duration::from_millis(ms / 2 + rand::random::<u64>() % ms))
-                        .await;
+                    // Half of 250 ms·2^attempt, plus the shared full jitter.
+                    let base = Duration::from_millis(250);
+                    let floor = Duration::from_millis(125u64 << attempt);
+                    let jitter = vesemir_daemon::backoff(base, Duration::MAX, attempt);
+                    tokio::time::sleep(floor + jitter).await;
                 }
                 Err(e) if closed_early(&e) => {
                     return Err(connect_err(format!(

@@ -99,12 +99,12 @@ fn main() -> ExitCode {
         } => {
             let mut host_vars = std::collections::BTreeMap::new();
             for kv in vars {
-                match kv.split_once('=') {
-                    Some((k, v)) if !k.is_empty() => {
+                match vesemir_daemon::parse_key_value(&kv) {
+                    Ok((k, v)) => {
                         host_vars.insert(k.to_string(), v.to_string());
                     }
-                    _ => {
-                        eprintln!("error: --var {kv:?}: expected K=V");
+                    Err(e) => {
+                        eprintln!("error: --var {e}");
                         return ExitCode::from(EX_USAGE);
                     }
                 }

@@ -29,19 +29,8 @@ pub enum SessionEnd {
     Lost(String),
 }
 
-/// Full-jitter exponential backoff: uniform in [0, min(cap, base·2^attempt)].
-pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-        .unwrap_or(cap)
-        .min(cap);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(if ms == 0 {
-        0
-    } else {
-        rand::random::<u64>() % (ms + 1)
-    })
-}
+/// The daemons' one full-jitter backoff (also what the fleet simulator uses).
+pub use vesemir_daemon::backoff;
 
 /// Runs the agent until `shutdown` resolves. `notify` tells systemd
 /// `READY=1` when the first session is connected or the first backoff

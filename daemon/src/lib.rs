@@ -138,6 +138,65 @@ pub fn check_private_key(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Full-jitter exponential backoff: uniform in [0, min(cap, base·2^attempt)].
+/// The one backoff of the daemons (agent reconnects, Chef retries, the
+/// fleet simulator), so a retry storm is spread the same way everywhere.
+pub fn backoff(
+    base: std::time::Duration,
+    cap: std::time::Duration,
+    attempt: u32,
+) -> std::time::Duration {
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(cap)
+        .min(cap);
+    let ms = ceiling.as_millis() as u64;
+    std::time::Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::random::<u64>() % (ms + 1)
+    })
+}
+
+/// A duration that [`parse_duration`] could not read.
+#[derive(Debug, thiserror::Error)]
+#[error("`{input}` is not a duration ({reason}): expected seconds like `30` or `1.5`, or `30s`, `2m 30s`, `7d`")]
+pub struct BadDuration {
+    /// What was given.
+    pub input: String,
+    /// Why humantime refused it.
+    pub reason: String,
+}
+
+/// The one duration parser: a bare number is seconds (`30`, `1.5`, as
+/// Ansible reads them), anything else a humantime duration (`5s`, `2m 30s`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, BadDuration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(std::time::Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(s).map_err(|e| BadDuration {
+        input: s.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A `K=V` argument without a name or without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}`: expected name=value")]
+pub struct BadKeyValue(pub String);
+
+/// The one `K=V` parser (`--var`, host vars): splits at the first `=`;
+/// the name must not be empty, the value may be.
+pub fn parse_key_value(kv: &str) -> Result<(&str, &str), BadKeyValue> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k, v)),
+        _ => Err(BadKeyValue(kv.to_string())),
+    }
+}
+
 /// Durations in config files as humantime strings ("30s", "7d"):
 /// `#[serde(with = "vesemir_daemon::duration")]`.
 pub mod duration {
@@ -152,14 +211,53 @@ pub mod duration {
     /// Reads a humantime string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{e}: expected a duration like \"30s\" or \"7d\""))
+        super::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}; in a config file write it like \"30s\" or \"7d\""
+            ))
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_seconds_or_humantime() {
+        assert_eq!(super::parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            super::parse_duration("1.5").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            super::parse_duration("2m 30s").unwrap(),
+            Duration::from_secs(150)
+        );
+        let e = super::parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("`soon`") && e.contains("30s"), "{e}");
+        assert!(super::parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn key_values_need_a_name_and_an_equals_sign() {
+        assert_eq!(super::parse_key_value("a=b=c").unwrap(), ("a", "b=c"));
+        assert_eq!(super::parse_key_value("a=").unwrap(), ("a", ""));
+        assert!(super::parse_key_value("=v").is_err());
+        assert!(super::parse_key_value("novalue").is_err());
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..40 {
+            let ceiling = (base * 2u32.pow(attempt.min(20))).min(cap);
+            assert!(super::backoff(base, cap, attempt) <= ceiling);
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..50).map(|_| super::backoff(base, cap, 10)).collect();
+        assert!(spread.len() > 1, "not jittered: {spread:?}");
+    }
     #[test]
     fn private_keys_readable_by_others_are_refused() {
         use std::os::unix::fs::PermissionsExt;
@@ -185,8 +283,6 @@ mod tests {
             }
         }
     }
-
-    use std::time::Duration;
 
     #[test]
     fn control_characters_are_escaped() {

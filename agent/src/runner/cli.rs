@@ -67,9 +67,9 @@ pub enum PlaybookCommand {
 
 fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, String> {
     vars.iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(format!("--var `{kv}`: expected name=value")),
+        .map(|kv| match vesemir_daemon::parse_key_value(kv) {
+            Ok((k, v)) => Ok((k.to_string(), v.to_string())),
+            Err(e) => Err(format!("--var {e}")),
         })
         .collect()
 }

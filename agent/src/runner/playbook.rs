@@ -1355,15 +1355,9 @@ impl Reader {
     }
 }
 
-/// Parses `30` (seconds), `1.5`, or a humantime duration like `2m 30s`.
+/// [`vesemir_daemon::parse_duration`] with the runner's string errors.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-    }
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e})"))
+    vesemir_daemon::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Converts YAML to JSON (string keys only), so one value model is used inside.

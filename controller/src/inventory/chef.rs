@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -682,12 +681,13 @@ enum Attempt {
     Final(ChefError),
 }
 
-/// Exponential backoff with full jitter: uniform in [0, 100 ms × 2^(n-1)], capped at 2 s.
+/// The daemons' full-jitter backoff: uniform in [0, 100 ms × 2^(n-1)], capped at 2 s.
 fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100)
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(5))
-        .min(Duration::from_secs(2));
-    rand::thread_rng().gen_range(Duration::ZERO..=cap)
+    vesemir_daemon::backoff(
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+        attempt.saturating_sub(1),
+    )
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
