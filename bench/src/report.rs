@@ -65,7 +65,11 @@ fn mmm(v: &Value, digits: usize, unit: &str) -> String {
 /// The Chef row: "not measured" (not 0.00 s) when the group has not run.
 fn chef_row(chef: &Value) -> String {
     let ms = |set: &str, k: &str| chef[set][k].as_f64().map(|x| x / 1000.0);
-    match (ms("all", "median_ms"), ms("all", "min_ms"), ms("all", "max_ms")) {
+    match (
+        ms("all", "median_ms"),
+        ms("all", "min_ms"),
+        ms("all", "max_ms"),
+    ) {
         (Some(m), Some(lo), Some(hi)) => {
             let half = match ms("half", "median_ms") {
                 Some(h) => format!("; half the nodes (two tags and a role) **{h:.2} s**"),
