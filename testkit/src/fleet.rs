@@ -106,6 +106,21 @@ impl Controller {
         Controller::init_with_args(opts, &[])
     }
 
+    /// Two started controllers on one PostgreSQL database: the first made
+    /// with `init --database-url URL`, the second with `init --join` from
+    /// the first's data dir (same CA, tokens and database).
+    pub fn joined_pair(database_url: &str) -> Result<(Controller, Controller)> {
+        let mut a = Controller::init_with_args(
+            ControllerOptions::default(),
+            &["--database-url", database_url],
+        )?;
+        a.start()?;
+        let a_dir = a.data_dir.to_string_lossy().into_owned();
+        let mut b = Controller::init_with_args(ControllerOptions::default(), &["--join", &a_dir])?;
+        b.start()?;
+        Ok((a, b))
+    }
+
     /// Like [`Controller::init`], with more `init` arguments
     /// (`--database-url URL`, `--join DIR`).
     pub fn init_with_args(opts: ControllerOptions, init_args: &[&str]) -> Result<Controller> {

@@ -9,7 +9,7 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use vesemir_testkit::fleet::{wait_for, Agent, Controller, ControllerOptions};
+use vesemir_testkit::fleet::{wait_for, Agent, Controller};
 use vesemir_testkit::postgres::Postgres;
 
 #[test]
@@ -18,12 +18,7 @@ fn an_agent_moves_to_the_other_controller_within_10s_when_its_controller_stops()
         return Ok(());
     };
     let url = pg.create_database()?;
-    let mut a =
-        Controller::init_with_args(ControllerOptions::default(), &["--database-url", &url])?;
-    a.start()?;
-    let a_dir = a.data_dir.to_string_lossy().into_owned();
-    let mut b = Controller::init_with_args(ControllerOptions::default(), &["--join", &a_dir])?;
-    b.start()?;
+    let (mut a, mut b) = Controller::joined_pair(&url)?;
 
     let token = a.enrollment_token(1)?;
     let out = a.enroll("web-1", &token, &[]);

@@ -26,12 +26,7 @@ fn enrollment_revocation_and_api_tokens_work_on_either_of_two_controllers() -> R
         return Ok(());
     };
     let url = pg.create_database()?;
-    let mut a =
-        Controller::init_with_args(ControllerOptions::default(), &["--database-url", &url])?;
-    a.start()?;
-    let a_dir = a.data_dir.to_string_lossy().into_owned();
-    let mut b = Controller::init_with_args(ControllerOptions::default(), &["--join", &a_dir])?;
-    b.start()?;
+    let (a, b) = Controller::joined_pair(&url)?;
     ensure!(
         a.token == b.token,
         "the joined controller has the same admin token"

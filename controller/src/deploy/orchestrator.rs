@@ -111,16 +111,7 @@ async fn drive(
         let plan = match usable_plan(d, &req).await {
             Ok(p) => p,
             Err(e) => {
-                let msg = e.to_string();
-                log.push(
-                    None,
-                    "deployment",
-                    json!({"status": "failed", "error": msg}),
-                )
-                .await;
-                d.store.finish_deployment(id, "failed", Some(&msg)).await?;
-                crate::metrics::deployment_finished(&d.store, id).await;
-                return Ok(());
+                return end_deployment(d, log, id, "failed", Some(&e.to_string())).await;
             }
         };
         let hosts: Vec<NewHost> = plan
@@ -283,16 +274,7 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         Ok(s) => s,
         Err(e) => {
             let msg = format!("stored hosts unreadable: {e}");
-            ctx.log
-                .push(
-                    None,
-                    "deployment",
-                    json!({"status": "failed", "error": msg}),
-                )
-                .await;
-            d.store.finish_deployment(id, "failed", Some(&msg)).await?;
-            crate::metrics::deployment_finished(&d.store, id).await;
-            return Ok(());
+            return end_deployment(d, &ctx.log, id, "failed", Some(&msg)).await;
         }
     };
     let total = hosts.len();
@@ -446,18 +428,28 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
         return Ok(());
     };
     let status = status.as_str();
-    ctx.log
-        .push(
-            None,
-            "deployment",
-            json!({"status": status, "error": error}),
-        )
-        .await;
-    d.store
-        .finish_deployment(id, status, error.as_deref())
-        .await?;
-    crate::metrics::deployment_finished(&d.store, id).await;
+    end_deployment(d, &ctx.log, id, status, error.as_deref()).await?;
     tracing::info!(deployment_id = %id, status, "deployment finished");
+    Ok(())
+}
+
+/// Ends a deployment: the log line first (followers see why), then the
+/// stored status, then the metrics that count finished deployments.
+async fn end_deployment(
+    d: &Deployments,
+    log: &LogWriter,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    log.push(
+        None,
+        "deployment",
+        json!({"status": status, "error": error}),
+    )
+    .await;
+    d.store.finish_deployment(id, status, error).await?;
+    crate::metrics::deployment_finished(&d.store, id).await;
     Ok(())
 }
 
