@@ -3,6 +3,7 @@
 //! to act on and the CLI can say the same before a round trip.
 
 use crate::changeset::{check_changeset, valid_playbook_name, ChangesetBody};
+use crate::progressive::{CanarySpec, OnFailure, Progressive, WebhookSpec};
 use crate::selector::Selector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,6 +48,27 @@ pub struct DeployRequest {
     /// host failed.
     #[serde(default = "default_job_timeout")]
     pub job_timeout_seconds: u64,
+    /// Deploy a few hosts first and compare their traffic with the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    /// What a failure does to the hosts already deployed.
+    #[serde(default, skip_serializing_if = "OnFailure::is_stop")]
+    pub on_failure: OnFailure,
+    /// Pause for a person after a passed canary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_after_canary: bool,
+    /// Pause after these batches (1 = the first after the canary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pause_after_batches: Vec<u32>,
+    /// Fail the deployment when no host finishes for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u64>,
+    /// Webhooks told about this deployment, besides the controller's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<WebhookSpec>,
+    /// Why this deployment may run during a freeze window (recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_freeze: Option<String>,
 }
 
 fn default_job_timeout() -> u64 {
@@ -314,7 +336,31 @@ impl DeployRequest {
         if let Some(h) = &self.haproxy {
             h.validate()?;
         }
-        Ok(())
+        if self.canary.is_some() && self.haproxy.is_none() {
+            return Err(err(
+                "canary",
+                "the canary analysis reads HAProxy's counters: add an haproxy section or drop the canary",
+            ));
+        }
+        Progressive {
+            canary: self.canary.as_ref(),
+            pause_after_batches: &self.pause_after_batches,
+            pause_after_canary: self.pause_after_canary,
+            progress_deadline_seconds: self.progress_deadline_seconds,
+            notify: &self.notify,
+            override_freeze: self.override_freeze.as_deref(),
+        }
+        .validate()
+    }
+
+    /// Canary host count for the plan's `total` hosts: none without a
+    /// canary, an error when the canary would cover every host (checked
+    /// once the plan is known, with the other plan checks).
+    pub fn canary_hosts_for(&self, total: usize) -> Result<Option<usize>, FieldError> {
+        self.canary
+            .as_ref()
+            .map(|c| c.hosts.hosts_for(total))
+            .transpose()
     }
 
     /// The concurrency as a host count for `total` hosts (an invalid one,
@@ -483,7 +529,7 @@ mod tests {
         mutate(&mut v);
         let r: Result<DeployRequest, _> = serde_json::from_value(v);
         let got = r
-            .map_err(|e| e.to_string())
+            .map_err(|_| "json".to_string())
             .and_then(|r| r.validate().map_err(|e| e.field));
         match field {
             None => assert_eq!(got, Ok(())),
@@ -557,6 +603,200 @@ mod tests {
             Some("max_fail_percentage"),
         );
         check(|v| v["playbook"] = "restart.yml".into(), None);
+    }
+
+    #[test]
+    fn progressive_fields_are_checked() {
+        use serde_json::json;
+        let canary = |v: &mut serde_json::Value| v["canary"] = json!({"hosts": 1});
+        check(canary, None);
+        check(|v| v["canary"] = json!({}), None);
+        check(|v| v["canary"] = json!({"hosts": "10%"}), None);
+        check(|v| v["canary"] = json!({"hosts": 0}), Some("canary.hosts"));
+        check(
+            |v| v["canary"] = json!({"hosts": "100%"}),
+            Some("canary.hosts"),
+        );
+        check(
+            |v| v["canary"] = json!({"hosts": "x"}),
+            Some("canary.hosts"),
+        );
+        check(
+            |v| v["canary"] = json!({"max_error_rate": 1.5}),
+            Some("canary.max_error_rate"),
+        );
+        check(
+            |v| v["canary"] = json!({"max_error_rate_increase": -0.1}),
+            Some("canary.max_error_rate_increase"),
+        );
+        check(
+            |v| v["canary"] = json!({"max_latency_ratio": 0.5}),
+            Some("canary.max_latency_ratio"),
+        );
+        check(
+            |v| v["canary"] = json!({"min_requests": 0}),
+            Some("canary.min_requests"),
+        );
+        check(
+            |v| v["canary"] = json!({"analysis_seconds": 60, "sample_interval_seconds": 61}),
+            Some("canary.sample_interval_seconds"),
+        );
+        check(
+            |v| v["canary"] = json!({"analysis_seconds": 5}),
+            Some("canary.analysis_seconds"),
+        );
+        check(|v| v["canary"] = json!({"inconclusive": "fail"}), None);
+        check(
+            |v| v["canary"] = json!({"inconclusive": "maybe"}),
+            Some("json"),
+        );
+        check(
+            |v| {
+                v["canary"] = json!({"prometheus": {"url": "http://prom:9090",
+                    "query": "rate(errors{host=\"{{ host }}\"}[1m])", "max": 0.1}})
+            },
+            None,
+        );
+        check(
+            |v| {
+                v["canary"] = json!({"prometheus": {"url": "file:///etc", "query": "up", "max": 1}})
+            },
+            Some("canary.prometheus.url"),
+        );
+        check(
+            |v| v["canary"] = json!({"prometheus": {"url": "http://p", "query": " ", "max": 1}}),
+            Some("canary.prometheus.query"),
+        );
+        check(
+            |v| {
+                v["canary"] = json!({});
+                v["haproxy"] = serde_json::Value::Null;
+            },
+            Some("canary"),
+        );
+        check(
+            |v| v["pause_after_canary"] = true.into(),
+            Some("pause_after_canary"),
+        );
+        check(
+            |v| {
+                canary(v);
+                v["pause_after_canary"] = true.into();
+            },
+            None,
+        );
+        check(|v| v["pause_after_batches"] = json!([1, 3]), None);
+        check(
+            |v| v["pause_after_batches"] = json!([0]),
+            Some("pause_after_batches"),
+        );
+        check(
+            |v| v["pause_after_batches"] = json!([3, 1]),
+            Some("pause_after_batches"),
+        );
+        check(|v| v["on_failure"] = "rollback".into(), None);
+        check(|v| v["on_failure"] = "explode".into(), Some("json"));
+        check(|v| v["progress_deadline_seconds"] = 600.into(), None);
+        check(
+            |v| v["progress_deadline_seconds"] = 1.into(),
+            Some("progress_deadline_seconds"),
+        );
+        check(
+            |v| {
+                v["notify"] = json!([{"url": "https://hooks.example/x", "events": ["started", "rolled_back"]}])
+            },
+            None,
+        );
+        check(|v| v["notify"] = json!([{"url": "https://h/x"}]), None);
+        check(
+            |v| {
+                v["notify"] =
+                    json!([{"url": "https://h/x"}, {"url": "https://h/y", "events": ["done"]}])
+            },
+            Some("notify[1].events"),
+        );
+        check(
+            |v| v["notify"] = json!([{"url": "ftp://h/x"}]),
+            Some("notify[0].url"),
+        );
+        check(
+            |v| v["notify"] = json!([{"url": "http://user:pw@h/x"}]),
+            Some("notify[0].url"),
+        );
+        check(|v| v["override_freeze"] = "hotfix INC-42".into(), None);
+        check(
+            |v| v["override_freeze"] = "".into(),
+            Some("override_freeze"),
+        );
+        check(
+            |v| v["override_freeze"] = "a\nb".into(),
+            Some("override_freeze"),
+        );
+    }
+
+    #[test]
+    fn requests_without_progressive_fields_mean_the_same() {
+        let old = serde_json::json!({
+            "application": "pay", "environment": "prod", "team": "t",
+            "selector": {"tags": ["app:pay"]},
+            "changeset": {"version": "1.0", "url": "http://x/a.tgz", "sha256": "a".repeat(64)}
+        });
+        let r: DeployRequest = serde_json::from_value(old).unwrap();
+        assert_eq!(r.canary, None);
+        assert_eq!(r.on_failure, OnFailure::Stop);
+        assert!(!r.pause_after_canary && r.pause_after_batches.is_empty());
+        assert!(r.notify.is_empty() && r.override_freeze.is_none());
+        assert_eq!(r.progress_deadline_seconds, None);
+        // Serialized without the new keys: stored rows and CLI bodies are
+        // byte-for-byte what they were.
+        let v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "canary",
+            "on_failure",
+            "pause_after_canary",
+            "pause_after_batches",
+            "progress_deadline_seconds",
+            "notify",
+            "override_freeze",
+        ] {
+            assert!(v.get(k).is_none(), "{k} serialized at its default");
+        }
+    }
+
+    #[test]
+    fn canary_defaults_and_host_counts() {
+        let mut r = base();
+        r.canary = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+        let c = r.canary.as_ref().unwrap();
+        assert_eq!(c.analysis_seconds, 120);
+        assert_eq!(c.inconclusive, crate::InconclusivePolicy::Pause);
+        assert_eq!(r.canary_hosts_for(10), Ok(Some(1)));
+        // The canary must leave a baseline.
+        assert_eq!(r.canary_hosts_for(1).unwrap_err().field, "canary.hosts");
+        r.canary.as_mut().unwrap().hosts = crate::CanaryHosts::Percent("10%".into());
+        assert_eq!(r.canary_hosts_for(25), Ok(Some(3)));
+        assert_eq!(r.canary_hosts_for(2), Ok(Some(1)));
+        r.canary.as_mut().unwrap().hosts = crate::CanaryHosts::Count(5);
+        assert!(r.canary_hosts_for(5).is_err());
+        assert_eq!(r.canary_hosts_for(6), Ok(Some(5)));
+        r.canary = None;
+        assert_eq!(r.canary_hosts_for(1), Ok(None));
+    }
+
+    #[test]
+    fn event_names_round_trip() {
+        for e in crate::NotifyEvent::ALL {
+            assert_eq!(e.as_str().parse::<crate::NotifyEvent>(), Ok(e));
+            assert_eq!(
+                serde_json::to_value(e).unwrap(),
+                serde_json::Value::from(e.as_str())
+            );
+        }
+        let w = crate::WebhookSpec {
+            url: "https://h".into(),
+            events: vec![],
+        };
+        assert_eq!(w.parsed_events().unwrap().len(), 8);
     }
 
     #[test]

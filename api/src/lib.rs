@@ -9,6 +9,7 @@
 pub mod changeset;
 pub mod deploy;
 pub mod error;
+pub mod progressive;
 pub mod selector;
 pub mod stored;
 
@@ -18,5 +19,9 @@ pub use deploy::{
     HaproxySpec, RollbackRequest, ServerNameError, ServerNameInput, MAX_CONCURRENCY,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use progressive::{
+    check_http_url, CanaryHosts, CanarySpec, InconclusivePolicy, NotifyEvent, OnFailure,
+    PrometheusCheck, WebhookSpec,
+};
 pub use selector::{check_attribute_key, Selector, SelectorError};
 pub use stored::{StoredRequest, StoredRequestError};
