@@ -14,6 +14,7 @@
 //! agents for job outcomes by job id instead of running jobs again, and it
 //! finishes the HAProxy steps of hosts that were in flight.
 
+pub mod canary;
 pub mod http;
 pub mod logs;
 pub mod orchestrator;
