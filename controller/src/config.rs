@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     /// Static inventory file, when the inventory comes from a file.
     #[serde(default)]
     pub inventory: Option<PathBuf>,
+    /// Freeze windows (`[[freeze]]`): when deployments to some environments
+    /// are refused. Checked at load; see [`crate::freeze`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<crate::freeze::FreezeSpec>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -90,6 +94,7 @@ impl ControllerConfig {
             api_timeout: default_api_timeout(),
             chef: None,
             inventory: None,
+            freeze: Vec::new(),
         }
     }
 
@@ -173,6 +178,8 @@ impl ControllerConfig {
         if let Some(url) = &cfg.database_url {
             check_database_url(url).map_err(|m| invalid("database_url", &m))?;
         }
+        crate::freeze::FreezeCalendar::new(&cfg.freeze)
+            .map_err(|e| invalid("freeze", &e.to_string()))?;
         Ok(cfg)
     }
 
@@ -249,5 +256,39 @@ impl DataDir {
     /// The controller config.
     pub fn config(&self) -> PathBuf {
         self.root.join("controller.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<ControllerConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, format!("data_dir = \".\"\n{extra}")).unwrap();
+        ControllerConfig::load(&path)
+    }
+
+    #[test]
+    fn freeze_windows_are_checked_at_load() {
+        let cfg = load(
+            "[[freeze]]\nenvironment = \"prod*\"\nreason = \"weekend\"\nfrom = \"fri 16:00\"\nto = \"mon 08:00\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.freeze.len(), 1);
+        // Written back and read again the same.
+        let again: ControllerConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(again.freeze, cfg.freeze);
+        let e = load("[[freeze]]\nenvironment = \"prod\"\nreason = \"r\"\nfrom = \"6pm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `freeze`") && e.contains("not a time"),
+            "{e}"
+        );
+        // No [[freeze]]: none, and none written.
+        let cfg = load("").unwrap();
+        assert!(cfg.freeze.is_empty() && !cfg.to_toml().contains("freeze"));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`api`] — the HTTP API.
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
+//! - [`freeze`] — freeze windows of `[[freeze]]` (built, not wired yet).
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
 //! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
 pub mod api;
@@ -19,6 +20,7 @@ pub mod deploy;
 pub mod enroll;
 pub mod events;
 pub mod fleet;
+pub mod freeze;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inventory;
