@@ -12,6 +12,7 @@
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
 //! - [`freeze`] — freeze windows of `[[freeze]]` (built, not wired yet).
+//! - [`notify`] — signed webhooks, bounded background sender (built, not wired yet).
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
 //! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
 pub mod api;
@@ -25,6 +26,7 @@ pub mod freeze;
 pub mod fuzzing;
 pub mod inventory;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod quic;
 pub mod server;
