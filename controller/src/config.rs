@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     /// Static inventory file, when the inventory comes from a file.
     #[serde(default)]
     pub inventory: Option<PathBuf>,
+    /// Webhooks (`[notify]`): the signing secret and the webhooks told
+    /// about every deployment; see [`crate::notify`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::notify::NotifyConfig>,
     /// Freeze windows (`[[freeze]]`): when deployments to some environments
     /// are refused. Checked at load; see [`crate::freeze`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -94,6 +98,7 @@ impl ControllerConfig {
             api_timeout: default_api_timeout(),
             chef: None,
             inventory: None,
+            notify: None,
             freeze: Vec::new(),
         }
     }
@@ -177,6 +182,14 @@ impl ControllerConfig {
         }
         if let Some(url) = &cfg.database_url {
             check_database_url(url).map_err(|m| invalid("database_url", &m))?;
+        }
+        if let Some(n) = &mut cfg.notify {
+            if n.secret_file.is_relative() {
+                n.secret_file = cfg.data_dir.join(&n.secret_file);
+            }
+            n.check().map_err(|m| invalid("notify", &m))?;
+            crate::notify::read_secret(&n.secret_file)
+                .map_err(|m| invalid("notify.secret_file", &m))?;
         }
         crate::freeze::FreezeCalendar::new(&cfg.freeze)
             .map_err(|e| invalid("freeze", &e.to_string()))?;
@@ -290,5 +303,44 @@ mod tests {
         // No [[freeze]]: none, and none written.
         let cfg = load("").unwrap();
         assert!(cfg.freeze.is_empty() && !cfg.to_toml().contains("freeze"));
+        assert!(cfg.notify.is_none() && !cfg.to_toml().contains("notify"));
+    }
+
+    #[test]
+    fn notify_section_is_checked_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        let secret = dir.path().join("webhook.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let write = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "data_dir = \".\"\n[notify]\nsecret_file = \"webhook.secret\"\n{extra}\n\
+                     [[notify.webhooks]]\nurl = \"https://chat.example/hook\"\nevents = [\"failed\"]\n\
+                     [[freeze]]\nenvironment = \"p\"\nreason = \"r\"\ndays = [\"sun\"]\n"
+                ),
+            )
+            .unwrap();
+            ControllerConfig::load(&path)
+        };
+        let cfg = write("timeout = \"2s\"").unwrap();
+        let n = cfg.notify.as_ref().unwrap();
+        assert_eq!(n.secret_file, dir.path().join("webhook.secret"));
+        assert_eq!(n.timeout, Duration::from_secs(2));
+        assert_eq!(n.webhooks.len(), 1);
+        let again: ControllerConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(again.notify, cfg.notify);
+        assert_eq!(again.freeze, cfg.freeze);
+        let e = write("attempts = 0").unwrap_err().to_string();
+        assert!(e.contains("key `notify`") && e.contains("attempts"), "{e}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = write("").unwrap_err().to_string();
+        assert!(
+            e.contains("notify.secret_file") && e.contains("chmod 600"),
+            "{e}"
+        );
     }
 }
