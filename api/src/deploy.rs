@@ -668,6 +668,10 @@ mod tests {
             Some("canary.prometheus.query"),
         );
         check(
+            |v| v["canary"] = json!({"prometheus": {"url": "http://p", "query": "up{x=\"{{ pod }}\"}", "max": 1}}),
+            Some("canary.prometheus.query"),
+        );
+        check(
             |v| {
                 v["canary"] = json!({});
                 v["haproxy"] = serde_json::Value::Null;

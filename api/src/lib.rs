@@ -20,8 +20,8 @@ pub use deploy::{
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use progressive::{
-    check_http_url, CanaryHosts, CanarySpec, InconclusivePolicy, NotifyEvent, OnFailure,
-    PrometheusCheck, WebhookSpec,
+    check_http_url, render_prometheus_query, CanaryHosts, CanarySpec, InconclusivePolicy,
+    NotifyEvent, OnFailure, PrometheusCheck, WebhookSpec,
 };
 pub use selector::{check_attribute_key, Selector, SelectorError};
 pub use stored::{StoredRequest, StoredRequestError};

@@ -352,6 +352,8 @@ impl CanarySpec {
                     "give a PromQL query of at most 4096 bytes",
                 ));
             }
+            render_prometheus_query(&p.query, "web-1", "web-1")
+                .map_err(|m| field("canary.prometheus.query", m))?;
             if !p.max.is_finite() {
                 return Err(field("canary.prometheus.max", "must be a finite number"));
             }
@@ -430,5 +432,38 @@ impl Progressive<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Renders a `canary.prometheus.query` for one canary host: `{{ host }}`
+/// (node name) and `{{ server }}` (HAProxy server name), escaped for a
+/// PromQL string literal; any other variable is an error.
+pub fn render_prometheus_query(template: &str, host: &str, server: &str) -> Result<String, String> {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let ctx = minijinja::context! { host => escape(host), server => escape(server) };
+    env.render_str(template, ctx)
+        .map_err(|e| format!("template error: {e}; use {{{{ host }}}} and {{{{ server }}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_queries_render_strictly_and_escaped() {
+        let q = r#"sum(rate(http_errors{instance="{{ host }}",srv="{{ server }}"}[1m]))"#;
+        assert_eq!(
+            render_prometheus_query(q, "web-1", "web-1:80").unwrap(),
+            r#"sum(rate(http_errors{instance="web-1",srv="web-1:80"}[1m]))"#
+        );
+        assert_eq!(
+            render_prometheus_query(r#"x{a="{{ host }}"}"#, r#"a"b\c"#, "s").unwrap(),
+            r#"x{a="a\"b\\c"}"#
+        );
+        let e = render_prometheus_query("{{ nope }}", "h", "s").unwrap_err();
+        assert!(e.contains("{{ host }}"), "{e}");
+        assert!(render_prometheus_query("{{ host", "h", "s").is_err());
     }
 }
