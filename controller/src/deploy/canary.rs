@@ -156,6 +156,72 @@ pub enum PrometheusResult {
     Error(String),
 }
 
+/// Prometheus' `/api/v1/query` reply, the parts read.
+#[derive(serde::Deserialize)]
+struct PromReply {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<PromData>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromData {
+    result_type: String,
+    result: serde_json::Value,
+}
+
+/// Reads the reply of an instant query (`GET /api/v1/query`): it must be
+/// one number, a scalar or a vector of exactly one sample. Anything else
+/// is a [`PrometheusResult::Error`] saying what came instead (which the
+/// analysis counts as inconclusive).
+pub fn parse_instant_query(body: &[u8]) -> PrometheusResult {
+    let err = |m: String| PrometheusResult::Error(m);
+    let reply: PromReply = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return err(format!("reply is not a Prometheus API answer: {e}")),
+    };
+    if reply.status != "success" {
+        return err(format!(
+            "Prometheus answered {}: {}",
+            reply.status,
+            reply.error.unwrap_or_default()
+        ));
+    }
+    let Some(data) = reply.data else {
+        return err("reply has no data".into());
+    };
+    // A sample is `[unix_time, "value"]`.
+    let value_of = |v: &serde_json::Value| -> Option<f64> {
+        let v = v.get(1)?.as_str()?.parse::<f64>().ok()?;
+        v.is_finite().then_some(v)
+    };
+    let sample = match data.result_type.as_str() {
+        "scalar" => Some(data.result.clone()),
+        "vector" => match data.result.as_array().map(Vec::as_slice) {
+            Some([one]) => one.get("value").cloned(),
+            Some(many) => {
+                return err(format!(
+                    "the query gave {} series; write it to give exactly one (e.g. wrap it in sum(...))",
+                    many.len()
+                ))
+            }
+            None => None,
+        },
+        other => {
+            return err(format!(
+                "the query gave a {other}, not one number: use an instant query giving a scalar or one series"
+            ))
+        }
+    };
+    match sample.as_ref().and_then(value_of) {
+        Some(v) => PrometheusResult::Value(v),
+        None => err("the query's value is not a finite number".into()),
+    }
+}
+
 /// A finished analysis: both groups' numbers and the verdict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Analysis {
@@ -627,6 +693,50 @@ mod tests {
             (&Verdict::Pass, InconclusivePolicy::Fail, Decision::Proceed),
         ] {
             assert_eq!(decide(v, p), want, "{v:?} {p:?}");
+        }
+    }
+
+    #[test]
+    fn prometheus_replies() {
+        for (reply, want) in [
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1733284800.1,"0.25"]}]}}"#,
+                Ok(0.25),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1733284800,"3"]}}"#,
+                Ok(3.0),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                Err("0 series"),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#,
+                Err("2 series"),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+                Err("gave a matrix"),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"NaN"]}]}}"#,
+                Err("not a finite number"),
+            ),
+            (
+                r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#,
+                Err("parse error at char 4"),
+            ),
+            (
+                "<html>502 Bad Gateway</html>",
+                Err("not a Prometheus API answer"),
+            ),
+        ] {
+            match (parse_instant_query(reply.as_bytes()), want) {
+                (PrometheusResult::Value(v), Ok(w)) => assert_eq!(v, w, "{reply}"),
+                (PrometheusResult::Error(e), Err(w)) => assert!(e.contains(w), "{reply}: {e}"),
+                (got, want) => panic!("{reply}: got {got:?}, want {want:?}"),
+            }
         }
     }
 
