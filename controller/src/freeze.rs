@@ -120,20 +120,83 @@ impl Window {
         glob_match(&self.environment, environment) && self.is_on(now)
     }
 
+    /// When the freeze in force at `now` lifts (the end of the period or
+    /// of the recurring span `now` is in); `None` when it is not in force.
+    /// Adjacent daily spans (every day 00:00–24:00) are not merged: the
+    /// end of today's span is given.
+    pub fn ends_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        match &self.when {
+            When::Period { start, end } => (*start <= now && now < *end).then_some(*end),
+            When::Weekly { offset, spans } => {
+                let local = now.to_offset(*offset);
+                let m = minute_of_week(local);
+                let left = spans
+                    .iter()
+                    .filter_map(|&(start, len)| {
+                        let into = (m + WEEK - start) % WEEK;
+                        (into < len).then(|| len - into)
+                    })
+                    .max()?;
+                let minute_start = local.replace_second(0).ok()?.replace_nanosecond(0).ok()?;
+                Some(
+                    (minute_start + time::Duration::minutes(i64::from(left)))
+                        .to_offset(UtcOffset::UTC),
+                )
+            }
+        }
+    }
+
     fn is_on(&self, now: OffsetDateTime) -> bool {
         match &self.when {
             When::Period { start, end } => *start <= now && now < *end,
             When::Weekly { offset, spans } => {
-                let local = now.to_offset(*offset);
-                let m = u32::from(local.weekday().number_days_from_monday()) * DAY
-                    + u32::from(local.hour()) * 60
-                    + u32::from(local.minute());
+                let m = minute_of_week(now.to_offset(*offset));
                 spans
                     .iter()
                     .any(|&(start, len)| (m + WEEK - start) % WEEK < len)
             }
         }
     }
+}
+
+fn minute_of_week(local: OffsetDateTime) -> u32 {
+    u32::from(local.weekday().number_days_from_monday()) * DAY
+        + u32::from(local.hour()) * 60
+        + u32::from(local.minute())
+}
+
+/// A deployment may go ahead despite a freeze: what to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override<'a> {
+    /// The window overridden.
+    pub window: &'a Window,
+    /// The reason the request gave.
+    pub reason: String,
+}
+
+/// Why a deployment is refused (the API answers 409 with this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Frozen {
+    /// Frozen, and the request gave no override.
+    #[error("deployments to {environment} are frozen by {window}{until}; to deploy anyway give --override-freeze \"REASON\" (override_freeze) with a token allowed to override freezes")]
+    Refused {
+        /// The environment asked for.
+        environment: String,
+        /// The window, described.
+        window: String,
+        /// " until TIME", or empty.
+        until: String,
+    },
+    /// Frozen, and the request's token may not override.
+    #[error("deployments to {environment} are frozen by {window}{until}, and this token may not override freezes: ask someone whose token may, or wait")]
+    NotAllowed {
+        /// The environment asked for.
+        environment: String,
+        /// The window, described.
+        window: String,
+        /// " until TIME", or empty.
+        until: String,
+    },
 }
 
 /// A `[[freeze]]` table that cannot be used: which one and why.
@@ -166,6 +229,43 @@ impl FreezeCalendar {
     /// The first window freezing `environment` at `now`, if any.
     pub fn active(&self, environment: &str, now: OffsetDateTime) -> Option<&Window> {
         self.windows.iter().find(|w| w.covers(environment, now))
+    }
+
+    /// Whether a deployment to `environment` may start at `now`: `Ok(None)`
+    /// outside any freeze, `Ok(Some(override))` inside one with a reason
+    /// from a token allowed to override (record it), else why not.
+    pub fn admit(
+        &self,
+        environment: &str,
+        now: OffsetDateTime,
+        override_reason: Option<&str>,
+        may_override: bool,
+    ) -> Result<Option<Override<'_>>, Frozen> {
+        let Some(w) = self.active(environment, now) else {
+            return Ok(None);
+        };
+        let until = w
+            .ends_at(now)
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .map(|t| format!(" until {t}"))
+            .unwrap_or_default();
+        let (environment, window) = (environment.to_string(), w.describe());
+        match override_reason {
+            None => Err(Frozen::Refused {
+                environment,
+                window,
+                until,
+            }),
+            Some(_) if !may_override => Err(Frozen::NotAllowed {
+                environment,
+                window,
+                until,
+            }),
+            Some(r) => Ok(Some(Override {
+                window: w,
+                reason: r.to_string(),
+            })),
+        }
     }
 
     /// The windows, in config order.
@@ -504,6 +604,58 @@ mod tests {
         assert!(cal
             .active("production", datetime!(2026-12-08 12:00 UTC))
             .is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_window_and_its_end() {
+        let cal = FreezeCalendar::new(&[
+            spec("environment = \"prod*\"\nreason = \"weekend\"\nfrom = \"fri 16:00\"\nto = \"mon 08:00\"\ntimezone = \"+01:00\""),
+            spec("environment = \"staging\"\nreason = \"move\"\nstart = \"2026-12-01T00:00:00Z\"\nend = \"2026-12-10T12:00:00Z\""),
+        ])
+        .unwrap();
+        let sat = datetime!(2026-12-05 12:34:56 UTC);
+        let e = cal.admit("production", sat, None, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "deployments to production are frozen by freeze window 0 (prod*, weekend) until \
+             2026-12-07T07:00:00Z; to deploy anyway give --override-freeze \"REASON\" \
+             (override_freeze) with a token allowed to override freezes"
+        );
+        assert!(matches!(
+            cal.admit("production", sat, Some("INC-42 hotfix"), false),
+            Err(Frozen::NotAllowed { .. })
+        ));
+        let o = cal
+            .admit("production", sat, Some("INC-42 hotfix"), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.window.index, o.reason.as_str()), (0, "INC-42 hotfix"));
+        // Outside the window an override is not needed and nothing is recorded.
+        let tue = datetime!(2026-12-08 12:00 UTC);
+        assert_eq!(cal.admit("production", tue, Some("x"), true), Ok(None));
+        assert_eq!(cal.admit("production", tue, None, false), Ok(None));
+        // A period ends at its end.
+        let e = cal
+            .admit("staging", tue, None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("until 2026-12-10T12:00:00Z"), "{e}");
+        // A daily span crossing midnight ends the next morning.
+        let nights = FreezeCalendar::new(&[spec(
+            "environment = \"p\"\nreason = \"n\"\nfrom = \"18:00\"\nto = \"08:00\"",
+        )])
+        .unwrap();
+        let w = &nights.windows()[0];
+        assert_eq!(
+            w.ends_at(datetime!(2026-12-04 23:10:30 UTC)),
+            Some(datetime!(2026-12-05 08:00 UTC))
+        );
+        assert_eq!(w.ends_at(datetime!(2026-12-05 12:00 UTC)), None);
+        // Sunday night into Monday wraps the week.
+        assert_eq!(
+            w.ends_at(datetime!(2026-12-06 19:00 UTC)),
+            Some(datetime!(2026-12-07 08:00 UTC))
+        );
     }
 
     #[test]
