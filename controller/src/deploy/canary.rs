@@ -2,9 +2,10 @@
 //! sampled over the analysis window, the canary servers' traffic is compared
 //! with the baseline (the servers not deployed yet) and a [`Verdict`] given.
 //!
-//! Built, not wired yet: the orchestrator will sample `show stat` on every
-//! HAProxy VM each `sample_interval_seconds`, feed the rows here, store every
-//! sample and the [`Analysis`], and act on [`decide`].
+//! Built, not wired yet: the orchestrator will drive an [`Analyzer`] (polled
+//! with `now` for [`Action`]s: read `show stat` on every HAProxy VM, run the
+//! Prometheus query, wait, done), store every sample and the [`Analysis`],
+//! and act on [`decide`].
 //!
 //! How the numbers are made:
 //! - A *series* is one server on one HAProxy VM. Its counters are cumulative;
@@ -154,6 +155,130 @@ pub enum PrometheusResult {
     Value(f64),
     /// The query failed (unreachable, bad query, no single value).
     Error(String),
+}
+
+/// What the driver of an [`Analyzer`] does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Read `show stat` of the backend on every HAProxy VM, then
+    /// [`Analyzer::handle_stats`] (and [`Analyzer::handle_read_error`] for
+    /// a VM that could not be read).
+    ReadStats,
+    /// Run the Prometheus query, then [`Analyzer::handle_prometheus`].
+    QueryPrometheus,
+    /// Nothing to do before this time (ms, the caller's monotonic clock).
+    WaitUntil(u64),
+    /// The analysis is over.
+    Done(Analysis),
+}
+
+/// One canary analysis as a state machine: fed samples, polled with `now`
+/// (ms of any monotonic clock, the same as [`Sample::at_ms`]) for the next
+/// [`Action`]. Samples are taken at the start and every interval until one
+/// at or after the end of the window; then the Prometheus query, if any;
+/// then the verdict. Holds at most (window / interval + 1) samples per
+/// series, a bound the request's validation sets.
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    thresholds: Thresholds,
+    /// `max` of the Prometheus check, when the request has one.
+    prometheus_max: Option<f64>,
+    interval_ms: u64,
+    end_ms: u64,
+    next_sample_ms: u64,
+    sampling_done: bool,
+    canary: BTreeSet<String>,
+    baseline: BTreeSet<String>,
+    samples: Vec<Sample>,
+    /// HAProxy VMs that could not be read, with why (shown with the verdict).
+    read_errors: Vec<String>,
+    prometheus: Option<PrometheusResult>,
+}
+
+impl Analyzer {
+    /// An analysis of `canary` against `baseline` servers starting at
+    /// `now_ms`, per the request's `canary`.
+    pub fn new(
+        spec: &CanarySpec,
+        canary: BTreeSet<String>,
+        baseline: BTreeSet<String>,
+        now_ms: u64,
+    ) -> Analyzer {
+        Analyzer {
+            thresholds: Thresholds::from(spec),
+            prometheus_max: spec.prometheus.as_ref().map(|p| p.max),
+            interval_ms: spec.sample_interval_seconds.max(1) * 1000,
+            end_ms: now_ms + spec.analysis_seconds * 1000,
+            next_sample_ms: now_ms,
+            sampling_done: false,
+            canary,
+            baseline,
+            samples: Vec::new(),
+            read_errors: Vec::new(),
+            prometheus: None,
+        }
+    }
+
+    /// The next thing to do at `now_ms`.
+    pub fn poll(&self, now_ms: u64) -> Action {
+        if !self.sampling_done {
+            return if now_ms >= self.next_sample_ms {
+                Action::ReadStats
+            } else {
+                Action::WaitUntil(self.next_sample_ms)
+            };
+        }
+        if self.prometheus_max.is_some() && self.prometheus.is_none() {
+            return Action::QueryPrometheus;
+        }
+        let prometheus = self.prometheus.as_ref().zip(self.prometheus_max);
+        Action::Done(analyse(
+            &self.samples,
+            &self.canary,
+            &self.baseline,
+            &self.thresholds,
+            prometheus,
+        ))
+    }
+
+    /// The rows of one round of `show stat` reads made at `now_ms` (rows of
+    /// servers in neither group are ignored).
+    pub fn handle_stats(&mut self, now_ms: u64, rows: impl IntoIterator<Item = Sample>) {
+        let (canary, baseline) = (&self.canary, &self.baseline);
+        self.samples.extend(
+            rows.into_iter()
+                .filter(|r| canary.contains(&r.server) || baseline.contains(&r.server)),
+        );
+        if now_ms >= self.end_ms {
+            self.sampling_done = true;
+        } else {
+            // Never later than the end, so the window is covered exactly.
+            self.next_sample_ms = (now_ms + self.interval_ms).min(self.end_ms);
+        }
+    }
+
+    /// An HAProxy VM whose `show stat` could not be read this round: its
+    /// series miss a point (the next step spans two intervals).
+    pub fn handle_read_error(&mut self, lb: &str, error: &str) {
+        if self.read_errors.len() < 100 {
+            self.read_errors.push(format!("{lb}: {error}"));
+        }
+    }
+
+    /// The Prometheus query's result.
+    pub fn handle_prometheus(&mut self, result: PrometheusResult) {
+        self.prometheus = Some(result);
+    }
+
+    /// Every sample so far (to store and show).
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// The read errors so far (at most 100 kept).
+    pub fn read_errors(&self) -> &[String] {
+        &self.read_errors
+    }
 }
 
 /// Prometheus' `/api/v1/query` reply, the parts read.
@@ -694,6 +819,70 @@ mod tests {
         ] {
             assert_eq!(decide(v, p), want, "{v:?} {p:?}");
         }
+    }
+
+    fn row(at_ms: u64, lb: &str, server: &str, responses: u64, hrsp_5xx: u64) -> Sample {
+        Sample {
+            at_ms,
+            lb: lb.into(),
+            server: server.into(),
+            counters: ServerCounters {
+                responses,
+                hrsp_5xx,
+                rtime_ms: 20,
+                ..ServerCounters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn analyzer_samples_the_window_then_judges() {
+        let spec: CanarySpec = serde_json::from_value(serde_json::json!({
+            "analysis_seconds": 25, "sample_interval_seconds": 10, "min_requests": 10,
+            "prometheus": {"url": "http://p", "query": "up", "max": 1.0}
+        }))
+        .unwrap();
+        let set = |s: &str| BTreeSet::from([s.to_string()]);
+        let t0 = 1_000_000;
+        let mut a = Analyzer::new(&spec, set("c1"), set("b1"), t0);
+        let mut reads = Vec::new();
+        let mut now = t0;
+        // Drive it as the orchestrator will, jumping the clock to each wait.
+        let done = loop {
+            match a.poll(now) {
+                Action::ReadStats => {
+                    reads.push(now - t0);
+                    let k = (now - t0) / 1000;
+                    a.handle_stats(
+                        now,
+                        [
+                            row(now, "lb1", "c1", 10 * k, k / 10),
+                            row(now, "lb1", "b1", 10 * k, 0),
+                            row(now, "lb1", "other", 5, 5),
+                        ],
+                    );
+                    if now == t0 + 10_000 {
+                        a.handle_read_error("lb2", "agent unreachable");
+                    }
+                }
+                Action::WaitUntil(t) => {
+                    assert!(t > now, "waits forward");
+                    now = t;
+                }
+                Action::QueryPrometheus => a.handle_prometheus(PrometheusResult::Value(0.5)),
+                Action::Done(analysis) => break analysis,
+            }
+        };
+        // Samples at 0, 10 and 20 s, and one at the end (25 s), no later.
+        assert_eq!(reads, [0, 10_000, 20_000, 25_000]);
+        assert_eq!(a.samples().len(), 8, "rows of other servers are not kept");
+        assert_eq!(a.read_errors(), ["lb2: agent unreachable"]);
+        assert_eq!(done.canary.requests, 250);
+        assert_eq!(done.canary.hrsp_5xx, 2);
+        // 0.8% canary vs 0% baseline + 1%: pass; Prometheus 0.5 ≤ 1.
+        assert_eq!(done.verdict, Verdict::Pass);
+        // Polling again gives the same verdict (nothing else to do).
+        assert!(matches!(a.poll(now + 1), Action::Done(_)));
     }
 
     #[test]
