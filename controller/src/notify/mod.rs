@@ -120,6 +120,43 @@ pub struct WebhookBody {
     pub message: Option<String>,
 }
 
+/// Longest `message` posted, bytes (a webhook body stays small).
+pub const MAX_MESSAGE: usize = 2000;
+
+impl WebhookBody {
+    /// A body for `event` at `now`; the message is cut at
+    /// [`MAX_MESSAGE`] bytes (on a character boundary).
+    pub fn new(
+        event: NotifyEvent,
+        now: time::OffsetDateTime,
+        deployment: DeploymentSummary,
+        message: Option<String>,
+    ) -> WebhookBody {
+        let at = now
+            .to_offset(time::UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .unwrap_or(now)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let message = message.map(|mut m| {
+            if m.len() > MAX_MESSAGE {
+                let mut cut = MAX_MESSAGE;
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+            }
+            m
+        });
+        WebhookBody {
+            event,
+            at,
+            deployment,
+            message,
+        }
+    }
+}
+
 /// The deployment as a webhook receiver sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeploymentSummary {
@@ -219,6 +256,30 @@ mod tests {
         assert!(!verify(b"k", b"body!", &s));
         assert!(!verify(b"other", b"body", &s));
         assert!(!verify(b"k", b"body", "sha1=00"));
+    }
+
+    #[test]
+    fn bodies_carry_utc_time_and_bounded_messages() {
+        let d = DeploymentSummary {
+            id: "d".into(),
+            application: "a".into(),
+            environment: "e".into(),
+            team: "t".into(),
+            requested_by: "r".into(),
+            changeset_version: None,
+            hosts_total: 1,
+            hosts_succeeded: 0,
+            hosts_failed: 0,
+        };
+        let now = time::macros::datetime!(2026-12-04 05:00:01.5 +01:00);
+        let b = WebhookBody::new(NotifyEvent::Started, now, d.clone(), Some("é".repeat(1500)));
+        assert_eq!(b.at, "2026-12-04T04:00:01Z");
+        let m = b.message.unwrap();
+        assert!(m.len() <= MAX_MESSAGE && m.len() >= MAX_MESSAGE - 1);
+        let v =
+            serde_json::to_value(WebhookBody::new(NotifyEvent::RolledBack, now, d, None)).unwrap();
+        assert_eq!(v["event"], "rolled_back");
+        assert!(v.get("message").is_none() && v["deployment"].get("changeset_version").is_none());
     }
 
     #[test]
