@@ -7,8 +7,9 @@
 //! - [`RuntimeApi`]: a typed client for one admin socket. One command per
 //!   connection: write the command and `\n`, read to EOF, with a timeout on
 //!   connect and on the exchange and a cap on the reply size.
-//! - [`HaproxyOp`] / [`HaproxyReply`] / [`execute`]: the serde boundary the
-//!   wire protocol carries (controller → agent).
+//! - [`execute`]: runs one [`HaproxyOp`] of the wire protocol (its types,
+//!   re-exported here, live in `vesemir_protocol::haproxy`) and answers
+//!   with its typed [`HaproxyReply`].
 //! - Parsers for `show servers state` and `show stat` replies, which are plain
 //!   functions over text ([`parse_servers_state`], [`parse_stat`],
 //!   [`parse_weight`]) and tested against captured HAProxy 2.6 output.
@@ -21,10 +22,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
+pub use vesemir_protocol::haproxy::{
+    AdminState, DrainOutcome, HaproxyOp, HaproxyReply, OpState, ServerStat, ServerState, State,
+    Weight, WeightReading,
+};
 
 /// Default timeout for connecting to the admin socket, and again for the
 /// command/reply exchange.
@@ -145,268 +149,6 @@ pub enum HaproxyError {
         /// The missing server.
         server: String,
     },
-}
-
-/// Administrative state to put a server in (`set server B/S state …`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// In rotation.
-    Ready,
-    /// No new sessions; running ones finish.
-    Drain,
-    /// Out of rotation, health checks stopped.
-    Maint,
-}
-
-impl State {
-    /// The word HAProxy's runtime API uses for this state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Ready => "ready",
-            State::Drain => "drain",
-            State::Maint => "maint",
-        }
-    }
-}
-
-impl std::fmt::Display for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A weight to set (`set weight B/S …`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Weight {
-    /// Percent of the server's initial (configured) weight, 0–100.
-    Percent(u8),
-    /// Absolute weight, 0–256.
-    Absolute(u16),
-}
-
-impl Weight {
-    fn to_arg(self) -> Result<String, HaproxyError> {
-        match self {
-            Weight::Percent(p) if p <= 100 => Ok(format!("{p}%")),
-            Weight::Absolute(w) if w <= 256 => Ok(w.to_string()),
-            Weight::Percent(p) => Err(HaproxyError::InvalidWeight {
-                weight: format!("{p}%"),
-            }),
-            Weight::Absolute(w) => Err(HaproxyError::InvalidWeight {
-                weight: w.to_string(),
-            }),
-        }
-    }
-}
-
-/// Reply of `get weight B/S`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WeightReading {
-    /// Current (user-set) weight.
-    pub current: u32,
-    /// Weight from the configuration.
-    pub initial: u32,
-}
-
-/// Operational state (`srv_op_state` of `show servers state`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OpState {
-    /// 0: down (failed checks, or in maintenance).
-    Stopped,
-    /// 1: coming up (slowstart).
-    Starting,
-    /// 2: up.
-    Running,
-    /// 3: going down (e.g. failing checks while draining).
-    Stopping,
-    /// Any other value this client does not know.
-    Unknown(u32),
-}
-
-impl OpState {
-    fn from_code(code: u32) -> OpState {
-        match code {
-            0 => OpState::Stopped,
-            1 => OpState::Starting,
-            2 => OpState::Running,
-            3 => OpState::Stopping,
-            other => OpState::Unknown(other),
-        }
-    }
-}
-
-/// Administrative flags (`srv_admin_state` of `show servers state`), a bit set.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AdminState(pub u32);
-
-impl AdminState {
-    /// Any maintenance flag: forced (`0x01`), inherited (`0x02`) or
-    /// resolution failure (`0x20`). Configured `disabled` is `0x04`.
-    pub fn is_maint(self) -> bool {
-        self.0 & (0x01 | 0x02 | 0x04 | 0x20) != 0
-    }
-    /// Any drain flag: forced (`0x08`) or inherited (`0x10`).
-    pub fn is_drain(self) -> bool {
-        self.0 & (0x08 | 0x10) != 0
-    }
-    /// No administrative flag that takes the server out of rotation.
-    pub fn is_ready(self) -> bool {
-        !self.is_maint() && !self.is_drain()
-    }
-}
-
-/// One server row of `show servers state BACKEND`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ServerState {
-    /// Backend name (`be_name`).
-    pub backend: String,
-    /// Server name (`srv_name`).
-    pub name: String,
-    /// Address (`srv_addr`).
-    pub addr: String,
-    /// Port (`srv_port`), when HAProxy reports one.
-    pub port: Option<u16>,
-    /// Operational state (`srv_op_state`).
-    pub op_state: OpState,
-    /// Administrative flags (`srv_admin_state`).
-    pub admin_state: AdminState,
-    /// Current weight (`srv_uweight`).
-    pub weight: u32,
-    /// Configured weight (`srv_iweight`).
-    pub initial_weight: u32,
-}
-
-impl ServerState {
-    /// Whether new requests can go to this server: up, no maint or drain
-    /// flag, and a weight above 0.
-    pub fn in_rotation(&self) -> bool {
-        self.op_state == OpState::Running && self.admin_state.is_ready() && self.weight > 0
-    }
-}
-
-/// One server row of `show stat BACKEND 4 -1`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ServerStat {
-    /// Backend name (`pxname`).
-    pub backend: String,
-    /// Server name (`svname`).
-    pub name: String,
-    /// Current sessions (`scur`): what a drain waits to reach 0.
-    pub scur: u64,
-    /// Requests queued for this server (`qcur`).
-    pub qcur: u64,
-    /// Status as HAProxy prints it: `UP`, `DOWN`, `DRAIN`, `MAINT`, `UP 1/3`, `no check`…
-    pub status: String,
-    /// Effective weight (`weight`).
-    pub weight: u32,
-}
-
-/// How [`RuntimeApi::wait_drained`] ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DrainOutcome {
-    /// `scur` reached 0.
-    Drained {
-        /// Time from the start of the wait until `scur` was seen at 0.
-        after_ms: u64,
-    },
-    /// The degradation time passed with sessions still open.
-    TimedOut {
-        /// Time waited.
-        after_ms: u64,
-        /// `scur` at the last poll.
-        last_scur: u64,
-    },
-}
-
-impl DrainOutcome {
-    /// Whether the server reached 0 sessions.
-    pub fn is_drained(&self) -> bool {
-        matches!(self, DrainOutcome::Drained { .. })
-    }
-    /// How long the wait took.
-    pub fn waited(&self) -> Duration {
-        match *self {
-            DrainOutcome::Drained { after_ms } | DrainOutcome::TimedOut { after_ms, .. } => {
-                Duration::from_millis(after_ms)
-            }
-        }
-    }
-    /// Sessions still open at the end (0 when drained).
-    pub fn last_scur(&self) -> u64 {
-        match *self {
-            DrainOutcome::Drained { .. } => 0,
-            DrainOutcome::TimedOut { last_scur, .. } => last_scur,
-        }
-    }
-}
-
-/// An operation on one HAProxy, as the controller asks the agent to run it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum HaproxyOp {
-    /// `set server BACKEND/SERVER state STATE`.
-    SetState {
-        /// Backend name.
-        backend: String,
-        /// Server name.
-        server: String,
-        /// State to set.
-        state: State,
-    },
-    /// `set weight BACKEND/SERVER WEIGHT`.
-    SetWeight {
-        /// Backend name.
-        backend: String,
-        /// Server name.
-        server: String,
-        /// Weight to set.
-        weight: Weight,
-    },
-    /// `get weight BACKEND/SERVER`.
-    GetWeight {
-        /// Backend name.
-        backend: String,
-        /// Server name.
-        server: String,
-    },
-    /// `show servers state BACKEND`.
-    ServersState {
-        /// Backend name.
-        backend: String,
-    },
-    /// `show stat BACKEND 4 -1`.
-    Stat {
-        /// Backend name.
-        backend: String,
-    },
-    /// Poll `scur` of the server until 0 or `degradation_ms` passes.
-    WaitDrained {
-        /// Backend name.
-        backend: String,
-        /// Server name.
-        server: String,
-        /// Longest wait, in milliseconds.
-        degradation_ms: u64,
-        /// Poll interval, in milliseconds (at least 10).
-        poll_ms: u64,
-    },
-}
-
-/// Result of a [`HaproxyOp`].
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum HaproxyReply {
-    /// A `set` command succeeded (HAProxy answered with an empty line).
-    Done,
-    /// Reply to [`HaproxyOp::GetWeight`].
-    Weight(WeightReading),
-    /// Reply to [`HaproxyOp::ServersState`].
-    ServersState(Vec<ServerState>),
-    /// Reply to [`HaproxyOp::Stat`].
-    Stat(Vec<ServerStat>),
-    /// Reply to [`HaproxyOp::WaitDrained`].
-    Drain(DrainOutcome),
 }
 
 /// Run one operation against the admin socket at `socket`, with `timeout`
@@ -626,7 +368,7 @@ impl RuntimeApi {
     ) -> Result<(), HaproxyError> {
         validate_name("backend", backend)?;
         validate_name("server", server)?;
-        let arg = weight.to_arg()?;
+        let arg = weight_arg(weight)?;
         self.set(&format!("set weight {backend}/{server} {arg}"))
             .await
     }
@@ -705,6 +447,13 @@ impl RuntimeApi {
             tokio::time::sleep(poll.min(deadline - now)).await;
         }
     }
+}
+
+/// The runtime API argument of a weight, or why HAProxy would refuse it.
+pub fn weight_arg(weight: Weight) -> Result<String, HaproxyError> {
+    weight.to_arg().ok_or_else(|| HaproxyError::InvalidWeight {
+        weight: weight.label(),
+    })
 }
 
 fn connect_error(path: &Path, e: io::Error) -> HaproxyError {
@@ -1051,10 +800,10 @@ mod tests {
 
     #[test]
     fn weights() {
-        assert_eq!(Weight::Percent(50).to_arg().unwrap(), "50%");
-        assert_eq!(Weight::Absolute(256).to_arg().unwrap(), "256");
-        assert!(Weight::Percent(101).to_arg().is_err());
-        assert!(Weight::Absolute(257).to_arg().is_err());
+        assert_eq!(weight_arg(Weight::Percent(50)).unwrap(), "50%");
+        assert_eq!(weight_arg(Weight::Absolute(256)).unwrap(), "256");
+        assert!(weight_arg(Weight::Percent(101)).is_err());
+        assert!(weight_arg(Weight::Absolute(257)).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the journal for the controller to ask for by job id later).
 
 use crate::config::AgentConfig;
-use crate::haproxy::{self, HaproxyOp, HaproxyReply, State, Weight};
+use crate::haproxy::{self, HaproxyOp};
 use crate::journal::Journal;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vesemir_protocol::job::{
-    HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus, ServerAdminState, Stats,
+    JobEvent, JobKind, JobOutcome, JobOutput, JobRequest, JobStatus, Stats,
 };
 use vesemir_wire::{read_frame, write_frame};
 
@@ -260,7 +260,7 @@ impl Jobs {
         }
     }
 
-    async fn haproxy(&self, job_id: &str, actions: &[HaproxyAction]) -> JobOutcome {
+    async fn haproxy(&self, job_id: &str, ops: &[HaproxyOp]) -> JobOutcome {
         let Some(socket) = &self.cfg.haproxy_socket else {
             return outcome(
                 job_id,
@@ -273,16 +273,15 @@ impl Jobs {
             );
         };
         let mut replies = Vec::new();
-        for action in actions {
-            let op = to_op(action);
-            match haproxy::execute(socket, &op, haproxy::DEFAULT_TIMEOUT).await {
+        for op in ops {
+            match haproxy::execute(socket, op, haproxy::DEFAULT_TIMEOUT).await {
                 Ok(reply) => replies.push(reply),
                 Err(e) => {
                     return outcome(
                         job_id,
                         JobStatus::Failed,
                         Some(e.to_string()),
-                        serde_json::to_string(&replies).ok(),
+                        Some(JobOutput::Haproxy(replies)),
                     )
                 }
             }
@@ -291,46 +290,8 @@ impl Jobs {
             job_id,
             JobStatus::Succeeded,
             None,
-            serde_json::to_string::<Vec<HaproxyReply>>(&replies).ok(),
+            Some(JobOutput::Haproxy(replies)),
         )
-    }
-}
-
-fn to_op(a: &HaproxyAction) -> HaproxyOp {
-    match a.clone() {
-        HaproxyAction::SetState {
-            backend,
-            server,
-            state,
-        } => HaproxyOp::SetState {
-            backend,
-            server,
-            state: match state {
-                ServerAdminState::Ready => State::Ready,
-                ServerAdminState::Drain => State::Drain,
-                ServerAdminState::Maint => State::Maint,
-            },
-        },
-        HaproxyAction::SetWeight {
-            backend,
-            server,
-            percent,
-        } => HaproxyOp::SetWeight {
-            backend,
-            server,
-            weight: Weight::Percent(percent),
-        },
-        HaproxyAction::WaitDrained {
-            backend,
-            server,
-            degradation_ms,
-        } => HaproxyOp::WaitDrained {
-            backend,
-            server,
-            degradation_ms,
-            poll_ms: 100,
-        },
-        HaproxyAction::ServersState { backend } => HaproxyOp::ServersState { backend },
     }
 }
 
@@ -338,7 +299,7 @@ fn outcome(
     job_id: &str,
     status: JobStatus,
     error: Option<String>,
-    output: Option<String>,
+    output: Option<JobOutput>,
 ) -> JobOutcome {
     JobOutcome {
         job_id: job_id.to_string(),

@@ -46,7 +46,10 @@ pub fn event_json(ev: &JobEvent) -> Value {
             "type": "finished", "job_id": o.job_id, "status": o.status.as_str(),
             "stats": {"ok": o.stats.ok, "changed": o.stats.changed, "failed": o.stats.failed, "skipped": o.stats.skipped},
             "error": o.error,
-            "output": o.output.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+            // The replies themselves, as before protocol v3 (a JSON list).
+            "output": o.output.as_ref().and_then(|out| match out {
+                vesemir_protocol::job::JobOutput::Haproxy(r) => serde_json::to_value(r).ok(),
+            }),
         }),
     }
 }

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 ///
 /// - 2: `JobKind::Attach` (follow a running job by id), `Hello::instance`,
 ///   `Facts::playbooks`, `Changeset::playbook`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: HAProxy jobs carry [`crate::haproxy::HaproxyOp`] (one op type for
+///   both sides) and answer with typed [`crate::job::JobOutput::Haproxy`]
+///   replies instead of JSON text in `JobOutcome::output`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Agent → controller, first frame on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,5 +93,24 @@ mod tests {
         assert_eq!(e.older, "agent");
         let e = check_version(0, true).unwrap_err();
         assert_eq!(e.older, "agent");
+    }
+
+    /// A v2 peer (before typed HAProxy replies) is refused with a message
+    /// naming both versions and the side to upgrade, on either side.
+    #[test]
+    fn a_v2_peer_is_told_both_versions_and_what_to_upgrade() {
+        assert_eq!(PROTOCOL_VERSION, 3);
+        let e = check_version(2, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protocol version mismatch: we speak v3, the peer speaks v2; \
+             upgrade the agent so both run the same vesemir release"
+        );
+        let e = check_version(2, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("we speak v3, the peer speaks v2; upgrade the controller"),
+            "{e}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! agent answers with a stream of [`JobEvent`]s ending with
 //! [`JobEvent::Finished`].
 
+use crate::haproxy::{HaproxyOp, HaproxyReply};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -45,61 +46,15 @@ pub struct PlaybookJob {
     pub changeset: Option<Changeset>,
 }
 
-/// Administrative state of an HAProxy server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerAdminState {
-    /// In rotation.
-    Ready,
-    /// No new connections; running ones finish.
-    Drain,
-    /// Out of rotation.
-    Maint,
-}
-
-/// One action on the HAProxy runtime API of the agent's VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HaproxyAction {
-    /// `set server B/S state …`.
-    SetState {
-        /// Backend.
-        backend: String,
-        /// Server.
-        server: String,
-        /// New state.
-        state: ServerAdminState,
-    },
-    /// `set weight B/S N%`.
-    SetWeight {
-        /// Backend.
-        backend: String,
-        /// Server.
-        server: String,
-        /// Percent of the initial weight.
-        percent: u8,
-    },
-    /// Poll `scur` until 0 or the degradation time passes.
-    WaitDrained {
-        /// Backend.
-        backend: String,
-        /// Server.
-        server: String,
-        /// Upper bound on the wait, ms.
-        degradation_ms: u64,
-    },
-    /// `show servers state B`: list the backend's servers.
-    ServersState {
-        /// Backend.
-        backend: String,
-    },
-}
-
 /// The kinds of job an agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobKind {
     /// Run a playbook.
     Playbook(PlaybookJob),
-    /// Run HAProxy runtime API actions in order, stopping at the first failure.
-    Haproxy(Vec<HaproxyAction>),
+    /// Run HAProxy runtime API operations in order, stopping at the first
+    /// failure; the outcome carries one reply per operation that ran, as
+    /// [`JobOutput::Haproxy`]. (Version 3: one op type for both sides.)
+    Haproxy(Vec<HaproxyOp>),
     /// Report the journal's record of an earlier job (by `job_id` of the
     /// request) without running anything.
     Outcome,
@@ -214,8 +169,16 @@ pub struct JobOutcome {
     pub stats: Stats,
     /// Why it failed, if it did.
     pub error: Option<String>,
-    /// Structured result as JSON text (HAProxy replies, …).
-    pub output: Option<String>,
+    /// The job's typed result, for jobs that have one.
+    pub output: Option<JobOutput>,
+}
+
+/// The typed result of a job (protocol version 3; before it was JSON text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobOutput {
+    /// One reply per [`HaproxyOp`] that ran, in order: all of them when the
+    /// job succeeded, those before the failing one when it failed.
+    Haproxy(Vec<HaproxyReply>),
 }
 
 /// Agent → controller on a job stream.
@@ -291,7 +254,7 @@ mod tests {
                 status: JobStatus::Interrupted,
                 stats: Stats::default(),
                 error: None,
-                output: Some("{}".into()),
+                output: Some(JobOutput::Haproxy(vec![HaproxyReply::Done])),
             }),
         ];
         for e in events {

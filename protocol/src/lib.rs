@@ -7,6 +7,8 @@
 //! - [`control`]: the long-lived control stream (heartbeats with facts,
 //!   certificate renewal, close reasons).
 //! - [`job`]: one job per bidirectional stream: a request in, events out.
+//! - [`haproxy`]: the HAProxy runtime API operations and their typed
+//!   replies, carried by HAProxy jobs.
 //! - [`enroll`]: the one-shot enrollment exchange (token + CSR → certificate).
 //!
 //! Architecture invariant: this crate does no IO and reads no clock. Callers
@@ -18,6 +20,7 @@ pub mod control;
 pub mod enroll;
 pub mod frame;
 pub mod handshake;
+pub mod haproxy;
 pub mod job;
 
 pub use frame::{decode, encode, FrameDecoder, FrameError, MAX_FRAME_LEN};

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use vesemir_protocol::haproxy::{DrainOutcome, HaproxyOp, HaproxyReply, State, Weight};
 use vesemir_protocol::job::{
-    Changeset, HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus, PlaybookJob,
-    ServerAdminState,
+    Changeset, JobEvent, JobKind, JobOutcome, JobOutput, JobRequest, JobStatus, PlaybookJob,
 };
 
 /// Everything a host run needs.
@@ -468,7 +468,7 @@ async fn read_backend(ctx: &Ctx, vm: &str) -> Result<Vec<BackendServer>, Unreada
         &ctx.d.fleet,
         vm,
         Some(&ctx.id),
-        vec![HaproxyAction::ServersState {
+        vec![HaproxyOp::ServersState {
             backend: hp.backend.clone(),
         }],
         Duration::from_secs(10),
@@ -480,33 +480,66 @@ async fn read_backend(ctx: &Ctx, vm: &str) -> Result<Vec<BackendServer>, Unreada
             format!("the read ended {}", o.status.as_str())
         })));
     }
-    servers_from_reply(o.output.as_deref())
+    servers_from_reply(o.output.as_ref())
 }
 
-/// The servers in an agent's `ServersState` reply; a reply that isn't
-/// exactly that is [`Unreadable`] (never "no servers out").
-fn servers_from_reply(output: Option<&str>) -> Result<Vec<BackendServer>, Unreadable> {
-    let replies: serde_json::Value = output
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| Unreadable("the agent's reply is not JSON".into()))?;
-    let servers = replies[0]["ServersState"]
-        .as_array()
-        .ok_or_else(|| Unreadable("the agent's reply has no server list".into()))?;
-    servers
+/// How often an agent polls `scur` while a server drains.
+const DRAIN_POLL_MS: u64 = 100;
+
+/// The servers in an agent's reply to one `ServersState` op; a reply that
+/// isn't exactly that (missing, another reply, several) is [`Unreadable`],
+/// never "no servers out": the guard fails closed on it.
+pub(super) fn servers_from_reply(
+    output: Option<&JobOutput>,
+) -> Result<Vec<BackendServer>, Unreadable> {
+    let servers = match output {
+        Some(JobOutput::Haproxy(replies)) => match replies.as_slice() {
+            [HaproxyReply::ServersState(servers)] => servers,
+            [] => return Err(Unreadable("the agent's reply is empty".into())),
+            [_] => return Err(Unreadable("the agent's reply is not a server list".into())),
+            _ => {
+                return Err(Unreadable(format!(
+                    "the agent sent {} replies to one read",
+                    replies.len()
+                )))
+            }
+        },
+        None => return Err(Unreadable("the agent's reply has no output".into())),
+    };
+    Ok(servers
         .iter()
-        .map(|srv| {
-            let name = srv["name"]
-                .as_str()
-                .ok_or_else(|| Unreadable("a server without a name in the reply".into()))?;
-            let admin = srv["admin_state"]
-                .as_u64()
-                .ok_or_else(|| Unreadable(format!("server {name} without an admin state")))?;
-            Ok(BackendServer {
-                name: name.to_string(),
-                out: admin != 0,
-            })
+        .map(|srv| BackendServer {
+            name: srv.name.clone(),
+            // Any admin flag (drain, maint, configured disabled, …).
+            out: srv.admin_state.0 != 0,
         })
-        .collect()
+        .collect())
+}
+
+/// A successful HAProxy job's replies in words, for the action log.
+fn reply_detail(output: Option<&JobOutput>) -> String {
+    let Some(JobOutput::Haproxy(replies)) = output else {
+        return String::new();
+    };
+    replies
+        .iter()
+        .map(|r| match r {
+            HaproxyReply::Done => "done".to_string(),
+            HaproxyReply::Weight(w) => format!("weight {} (initial {})", w.current, w.initial),
+            HaproxyReply::ServersState(s) => format!("{} server(s)", s.len()),
+            HaproxyReply::Stat(s) => format!("{} stat row(s)", s.len()),
+            HaproxyReply::Drain(DrainOutcome::Drained { after_ms }) => {
+                format!("drained after {after_ms} ms")
+            }
+            HaproxyReply::Drain(DrainOutcome::TimedOut {
+                after_ms,
+                last_scur,
+            }) => format!(
+                "degradation time passed after {after_ms} ms with {last_scur} session(s) open"
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct HostRun {
@@ -601,14 +634,14 @@ impl HostRun {
             // Recorded as out of rotation before HAProxy is touched.
             self.step(Step::Draining).await?;
             let state = if hp.drain_mode == "maint" {
-                ServerAdminState::Maint
+                State::Maint
             } else {
-                ServerAdminState::Drain
+                State::Drain
             };
             if let Err(e) = self
                 .on_every_vm(
                     &hp.drain_mode,
-                    vec![HaproxyAction::SetState {
+                    vec![HaproxyOp::SetState {
                         backend: hp.backend.clone(),
                         server: self.host.server_name.clone(),
                         state,
@@ -625,10 +658,11 @@ impl HostRun {
             if let Err(e) = self
                 .on_every_vm(
                     "wait_drained",
-                    vec![HaproxyAction::WaitDrained {
+                    vec![HaproxyOp::WaitDrained {
                         backend: hp.backend.clone(),
                         server: self.host.server_name.clone(),
                         degradation_ms: wait.as_millis() as u64,
+                        poll_ms: DRAIN_POLL_MS,
                     }],
                 )
                 .await
@@ -697,15 +731,15 @@ impl HostRun {
             self.step(Step::Enabling).await?;
             let first = hp.weights[0] as u8;
             let enable = vec![
-                HaproxyAction::SetWeight {
+                HaproxyOp::SetWeight {
                     backend: hp.backend.clone(),
                     server: self.host.server_name.clone(),
-                    percent: first,
+                    weight: Weight::Percent(first),
                 },
-                HaproxyAction::SetState {
+                HaproxyOp::SetState {
                     backend: hp.backend.clone(),
                     server: self.host.server_name.clone(),
-                    state: ServerAdminState::Ready,
+                    state: State::Ready,
                 },
             ];
             if let Err(e) = self
@@ -726,10 +760,10 @@ impl HostRun {
                 if let Err(e) = self
                     .on_every_vm(
                         &format!("weight {w}%"),
-                        vec![HaproxyAction::SetWeight {
+                        vec![HaproxyOp::SetWeight {
                             backend: hp.backend.clone(),
                             server: self.host.server_name.clone(),
-                            percent: *w as u8,
+                            weight: Weight::Percent(*w as u8),
                         }],
                     )
                     .await
@@ -790,10 +824,10 @@ impl HostRun {
             if let Err(e) = self
                 .on_every_vm(
                     "maint",
-                    vec![HaproxyAction::SetState {
+                    vec![HaproxyOp::SetState {
                         backend: hp.backend.clone(),
                         server: self.host.server_name.clone(),
-                        state: ServerAdminState::Maint,
+                        state: State::Maint,
                     }],
                 )
                 .await
@@ -816,11 +850,7 @@ impl HostRun {
     }
 
     /// Runs the actions on every HAProxy VM (concurrently) and records each.
-    async fn on_every_vm(
-        &self,
-        label: &str,
-        actions: Vec<HaproxyAction>,
-    ) -> Result<(), HaproxyFailed> {
+    async fn on_every_vm(&self, label: &str, actions: Vec<HaproxyOp>) -> Result<(), HaproxyFailed> {
         let c = &self.ctx;
         let timeout =
             Duration::from_secs(c.req.haproxy.as_ref().map_or(0, |h| h.degradation_seconds) + 30);
@@ -853,7 +883,7 @@ impl HostRun {
             };
             let (ok, detail) = match &res {
                 Ok(o) if o.status == JobStatus::Succeeded => {
-                    (true, o.output.clone().unwrap_or_default())
+                    (true, reply_detail(o.output.as_ref()))
                 }
                 Ok(o) => (
                     false,
@@ -1058,35 +1088,60 @@ async fn wait_for_agent(d: &Deployments, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    use vesemir_protocol::haproxy::{AdminState, OpState, ServerState};
+
+    fn server(name: &str, admin: u32) -> ServerState {
+        ServerState {
+            backend: "app".into(),
+            name: name.into(),
+            addr: "127.0.0.1".into(),
+            port: Some(80),
+            op_state: OpState::Running,
+            admin_state: AdminState(admin),
+            weight: 100,
+            initial_weight: 100,
+        }
+    }
+
     #[test]
     fn a_servers_state_reply_reads_admin_states() {
-        let r = r#"[{"ServersState":[{"name":"web1","admin_state":8},{"name":"web2","admin_state":0}]}]"#;
-        let s = servers_from_reply(Some(r)).unwrap();
-        assert_eq!(
-            s,
-            [
-                BackendServer {
-                    name: "web1".into(),
-                    out: true
-                },
-                BackendServer {
-                    name: "web2".into(),
-                    out: false
-                },
-            ]
-        );
+        let r = JobOutput::Haproxy(vec![HaproxyReply::ServersState(vec![
+            server("web1", 8),
+            server("web2", 0),
+            server("web3", 0x04),
+        ])]);
+        let s = servers_from_reply(Some(&r)).unwrap();
+        let out: Vec<(&str, bool)> = s.iter().map(|b| (b.name.as_str(), b.out)).collect();
+        assert_eq!(out, [("web1", true), ("web2", false), ("web3", true)]);
     }
 
     #[test]
     fn a_malformed_reply_is_unreadable_not_empty() {
+        let list = || HaproxyReply::ServersState(vec![server("web1", 0)]);
         for bad in [
             None,
-            Some("not json"),
-            Some(r#"[{"Weight":3}]"#),
-            Some(r#"[{"ServersState":[{"admin_state":1}]}]"#),
-            Some(r#"[{"ServersState":[{"name":"web1"}]}]"#),
+            Some(JobOutput::Haproxy(vec![])),
+            Some(JobOutput::Haproxy(vec![HaproxyReply::Done])),
+            Some(JobOutput::Haproxy(vec![HaproxyReply::Stat(vec![])])),
+            Some(JobOutput::Haproxy(vec![list(), list()])),
         ] {
-            assert!(servers_from_reply(bad).is_err(), "{bad:?}");
+            assert!(servers_from_reply(bad.as_ref()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn replies_read_as_words_in_the_action_log() {
+        let r = JobOutput::Haproxy(vec![
+            HaproxyReply::Done,
+            HaproxyReply::Drain(DrainOutcome::TimedOut {
+                after_ms: 5,
+                last_scur: 2,
+            }),
+        ]);
+        assert_eq!(
+            reply_detail(Some(&r)),
+            "done, degradation time passed after 5 ms with 2 session(s) open"
+        );
+        assert_eq!(reply_detail(None), "");
     }
 }

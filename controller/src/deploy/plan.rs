@@ -6,7 +6,8 @@ use super::Deployments;
 use crate::fleet::{AgentState, Fleet};
 use serde::Serialize;
 use std::time::Duration;
-use vesemir_protocol::job::{HaproxyAction, JobEvent, JobKind, JobOutcome, JobRequest, JobStatus};
+use vesemir_protocol::haproxy::HaproxyOp;
+use vesemir_protocol::job::{JobEvent, JobKind, JobOutcome, JobRequest, JobStatus};
 
 /// A host in the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -321,13 +322,13 @@ pub async fn make_plan(
     })
 }
 
-/// Runs HAProxy actions on one VM through its agent; the outcome's output
-/// is the JSON list of replies.
+/// Runs HAProxy ops on one VM through its agent; the outcome's output is
+/// the typed list of replies ([`vesemir_protocol::job::JobOutput::Haproxy`]).
 pub async fn haproxy_job(
     fleet: &Fleet,
     vm: &str,
     deployment_id: Option<&str>,
-    actions: Vec<HaproxyAction>,
+    actions: Vec<HaproxyOp>,
     timeout: Duration,
 ) -> Result<JobOutcome, String> {
     let req = JobRequest {
@@ -355,7 +356,7 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
         fleet,
         vm,
         None,
-        vec![HaproxyAction::ServersState {
+        vec![HaproxyOp::ServersState {
             backend: backend.to_string(),
         }],
         Duration::from_secs(15),
@@ -364,19 +365,9 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
     if out.status != JobStatus::Succeeded {
         return Err(out.error.unwrap_or_else(|| "HAProxy query failed".into()));
     }
-    let replies: serde_json::Value = out
-        .output
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    Ok(replies[0]["ServersState"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
+    let servers = super::orchestrator::servers_from_reply(out.output.as_ref())
+        .map_err(|e| format!("HAProxy VM {vm}: {e}"))?;
+    Ok(servers.into_iter().map(|s| s.name).collect())
 }
 
 /// Batches as the sliding window would start them if every host took the
