@@ -18,6 +18,8 @@
 //! stored as the same text as before (`as_str`/`FromStr`, unknown text is a
 //! [`ParseError`], never a panic).
 
+pub mod host;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
