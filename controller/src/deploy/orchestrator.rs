@@ -7,11 +7,12 @@
 use super::logs::LogWriter;
 use super::plan::{haproxy_job, make_plan};
 use super::request::DeployRequest;
-use super::rollout::Step;
+use super::rollout::host::{Guard, HostAction, HostMachine, HostPlan, PlaybookResult};
 use super::rollout::{
     Action, BackendServer, HostOutcome, HostState, HostStatus, Limits, ParseError, Rollout,
     Unreadable,
 };
+use super::rollout::{Rotation, Step};
 use super::Deployments;
 use crate::store::{HaproxyActionRow, HostRow, NewHost, StoreError};
 use serde_json::json;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use vesemir_protocol::haproxy::{DrainOutcome, HaproxyOp, HaproxyReply, State, Weight};
+use vesemir_protocol::haproxy::{DrainOutcome, HaproxyOp, HaproxyReply};
 use vesemir_protocol::job::{
     Changeset, JobEvent, JobKind, JobOutcome, JobOutput, JobRequest, JobStatus, PlaybookJob,
 };
@@ -595,6 +596,27 @@ impl HostRun {
         Ok(())
     }
 
+    /// The request's numbers for this host's [`HostMachine`].
+    fn host_plan(&self) -> HostPlan {
+        let c = &self.ctx;
+        HostPlan {
+            host: self.host.name.clone(),
+            guard: c.req.haproxy.as_ref().map(|hp| Guard {
+                backend: hp.backend.clone(),
+                server: self.host.server_name.clone(),
+                drain_mode: hp.drain_mode.clone(),
+                degradation_ms: hp.degradation_seconds.saturating_mul(1000),
+                weights: hp.weights.clone(),
+                sleep_ms: hp.sleep_seconds.saturating_mul(1000),
+            }),
+            job_timeout_secs: c.req.job_timeout_seconds,
+            drain_poll_ms: DRAIN_POLL_MS,
+        }
+    }
+
+    /// The IO shell of the host's [`HostMachine`]: persists the step each
+    /// transition moves to *before* performing its action, performs it,
+    /// and feeds the result back, until the machine ends the host.
     async fn steps(&self) -> Result<HostEnd, StoreError> {
         let c = &self.ctx;
         let store = &c.d.store;
@@ -614,99 +636,95 @@ impl HostRun {
                 )
                 .await;
         }
-
-        // A host resumed after its playbook succeeded (enabling/ramping)
-        // needs no second drain: the journal replays the playbook's outcome.
-        let guarded = c.req.haproxy.is_some();
-        let stored = match self
+        // A fresh run starts at the beginning whatever its row says; a
+        // resumed one from its stored step (Step::resume_from).
+        let stored = self
             .host
             .step
             .as_deref()
             .map(str::parse::<Step>)
             .transpose()
-        {
-            Ok(s) if self.resumed => s,
-            Ok(_) => None,
-            Err(e) => return self.fail(&format!("cannot resume: {e}")).await,
-        };
-        let past_playbook = !Step::resume_from(stored, guarded).before_playbook_end();
-        if let (Some(hp), false) = (&c.req.haproxy, past_playbook) {
-            // Recorded as out of rotation before HAProxy is touched.
-            self.step(Step::Draining).await?;
-            let state = if hp.drain_mode == "maint" {
-                State::Maint
-            } else {
-                State::Drain
+            .map(|s| s.filter(|_| self.resumed));
+        let mut machine = HostMachine::new(self.host_plan(), stored);
+        // The machine's clock: ms since this run began, read only here.
+        let opened = Instant::now();
+        let now_ms = || opened.elapsed().as_millis() as u64;
+        let mut act = machine.start();
+        loop {
+            if let Some(step) = act.record {
+                self.step(step).await?;
+            }
+            act = match act.action {
+                HostAction::Haproxy { label, ops, fatal } => {
+                    let r = self.on_every_vm(&label, ops).await;
+                    if let (Err(e), false) = (&r, fatal) {
+                        // In rotation already; reported, not fatal.
+                        c.log
+                            .push(
+                                Some(self.name()),
+                                "haproxy",
+                                json!({"action": label, "ok": false, "detail": e.to_string()}),
+                            )
+                            .await;
+                    }
+                    machine.haproxy_done(r.map_err(|e| e.to_string()), now_ms())
+                }
+                HostAction::RunPlaybook => match self.run_playbook(&job_id).await? {
+                    Some(result) => machine.playbook_done(result),
+                    None => return Ok(HostEnd::Interrupted),
+                },
+                HostAction::WaitUntil(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(t.saturating_sub(now_ms()))) => {}
+                        // Resumes at its stored step on the next start.
+                        _ = c.d.shutdown.cancelled() => return Ok(HostEnd::Interrupted),
+                    }
+                    machine.timer(now_ms())
+                }
+                HostAction::Succeed => {
+                    store
+                        .host_finished(&c.id, self.name(), "succeeded", "in", None)
+                        .await?;
+                    c.log
+                        .push(
+                            Some(self.name()),
+                            "host_finished",
+                            json!({"status": "succeeded"}),
+                        )
+                        .await;
+                    return Ok(HostEnd::Succeeded);
+                }
+                HostAction::Fail {
+                    status,
+                    reason,
+                    maint,
+                } => return self.fail_as(status, &reason, maint).await,
             };
-            if let Err(e) = self
-                .on_every_vm(
-                    &hp.drain_mode,
-                    vec![HaproxyOp::SetState {
-                        backend: hp.backend.clone(),
-                        server: self.host.server_name.clone(),
-                        state,
-                    }],
-                )
-                .await
-            {
-                return self
-                    .fail(&format!("could not take the server out of rotation: {e}"))
-                    .await;
-            }
-            self.step(Step::WaitingDrain).await?;
-            let wait = Duration::from_secs(hp.degradation_seconds);
-            if let Err(e) = self
-                .on_every_vm(
-                    "wait_drained",
-                    vec![HaproxyOp::WaitDrained {
-                        backend: hp.backend.clone(),
-                        server: self.host.server_name.clone(),
-                        degradation_ms: wait.as_millis() as u64,
-                        poll_ms: DRAIN_POLL_MS,
-                    }],
-                )
-                .await
-            {
-                return self
-                    .fail(&format!("waiting for the server to drain failed: {e}"))
-                    .await;
-            }
         }
+    }
 
-        if !past_playbook {
-            // (A host past its playbook keeps its step: a second restart
-            // must not drain it again.)
-            self.step(Step::Deploying).await?;
-        }
+    /// Runs the playbook job within `job_timeout_seconds` and records its
+    /// stats; `None` when the controller is shutting down (the host
+    /// resumes on the next start).
+    async fn run_playbook(&self, job_id: &str) -> Result<Option<PlaybookResult>, StoreError> {
+        let c = &self.ctx;
         let limit = Duration::from_secs(c.req.job_timeout_seconds);
-        let playbook = match tokio::time::timeout(limit, self.playbook(&job_id)).await {
-            Ok(r) => r,
-            Err(_) => {
-                // An agent that is gone or silent at the deadline did not
-                // fail the playbook: the network (or the VM) failed it.
-                let silent = !agent_answering(&c.d, self.name());
-                self.cancel_job(&job_id).await;
-                let limit = limit.as_secs();
-                Err(if silent {
-                    PlaybookEnd::Unreachable(format!(
-                        "agent {} stopped answering and the playbook did not finish within job_timeout_seconds ({limit}s); the agent's journal keeps its outcome",
-                        self.name()
-                    ))
-                } else {
-                    PlaybookEnd::Failed(format!(
-                        "the playbook did not finish within job_timeout_seconds ({limit}s); it was cancelled"
-                    ))
-                })
+        let outcome = match tokio::time::timeout(limit, self.playbook(job_id)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(PlaybookEnd::Shutdown)) => return Ok(None),
+            Ok(Err(PlaybookEnd::Unreachable(e))) => {
+                return Ok(Some(PlaybookResult::Unreachable(e)))
             }
-        };
-        let outcome = match playbook {
-            Ok(o) => o,
-            Err(PlaybookEnd::Shutdown) => return Ok(HostEnd::Interrupted),
-            Err(PlaybookEnd::Failed(e)) => return self.fail(&e).await,
-            Err(PlaybookEnd::Unreachable(e)) => return self.fail_as("unreachable", &e).await,
+            Err(_) => {
+                // Whether the agent is gone or silent at the deadline
+                // decides failed (the playbook) or unreachable (the network).
+                let agent_silent = !agent_answering(&c.d, self.name());
+                self.cancel_job(job_id).await;
+                return Ok(Some(PlaybookResult::TimedOut { agent_silent }));
+            }
         };
         let s = outcome.stats;
-        store
+        c.d.store
             .host_stats(
                 &c.id,
                 self.name(),
@@ -719,77 +737,10 @@ impl HostRun {
                 ],
             )
             .await?;
-        if outcome.status != JobStatus::Succeeded {
-            let why = outcome
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("playbook ended {}", outcome.status.as_str()));
-            return self.fail(&why).await;
-        }
-
-        if let Some(hp) = &c.req.haproxy {
-            self.step(Step::Enabling).await?;
-            let first = hp.weights[0] as u8;
-            let enable = vec![
-                HaproxyOp::SetWeight {
-                    backend: hp.backend.clone(),
-                    server: self.host.server_name.clone(),
-                    weight: Weight::Percent(first),
-                },
-                HaproxyOp::SetState {
-                    backend: hp.backend.clone(),
-                    server: self.host.server_name.clone(),
-                    state: State::Ready,
-                },
-            ];
-            if let Err(e) = self
-                .on_every_vm(&format!("ready at {first}%"), enable)
-                .await
-            {
-                return self
-                    .fail(&format!("could not put the server back in rotation: {e}"))
-                    .await;
-            }
-            self.step(Step::Ramping).await?;
-            for w in hp.weights.iter().skip(1) {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(hp.sleep_seconds)) => {}
-                    // Resumes at "ramping" on the next start.
-                    _ = c.d.shutdown.cancelled() => return Ok(HostEnd::Interrupted),
-                }
-                if let Err(e) = self
-                    .on_every_vm(
-                        &format!("weight {w}%"),
-                        vec![HaproxyOp::SetWeight {
-                            backend: hp.backend.clone(),
-                            server: self.host.server_name.clone(),
-                            weight: Weight::Percent(*w as u8),
-                        }],
-                    )
-                    .await
-                {
-                    // In rotation already; a failed ramp step is reported, not fatal.
-                    c.log
-                        .push(
-                            Some(self.name()),
-                            "haproxy",
-                            json!({"action": format!("weight {w}%"), "ok": false, "detail": e.to_string()}),
-                        )
-                        .await;
-                }
-            }
-        }
-        store
-            .host_finished(&c.id, self.name(), "succeeded", "in", None)
-            .await?;
-        c.log
-            .push(
-                Some(self.name()),
-                "host_finished",
-                json!({"status": "succeeded"}),
-            )
-            .await;
-        Ok(HostEnd::Succeeded)
+        Ok(Some(PlaybookResult::Ended {
+            status: outcome.status,
+            error: outcome.error,
+        }))
     }
 
     /// Asks the agent to cancel a job (best effort: it may be gone).
@@ -803,40 +754,32 @@ impl HostRun {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.stream_job(&req)).await;
     }
 
-    /// Marks the host failed, leaving its server in maint on every VM.
-    /// During a controller shutdown nothing is written: what looks like a
-    /// failure is the shutdown itself, and the host resumes on restart.
-    async fn fail(&self, why: &str) -> Result<HostEnd, StoreError> {
-        self.fail_as("failed", why).await
-    }
-
-    /// Like [`HostRun::fail`] with the status to record: `failed`, or
-    /// `unreachable` when the agent went away mid-job (both count against
-    /// `max_fail_percentage`; the job's real outcome stays in its journal).
-    async fn fail_as(&self, status: &str, why: &str) -> Result<HostEnd, StoreError> {
+    /// Ends the host `status` (failed or unreachable, both count against
+    /// `max_fail_percentage`; a job's real outcome stays in the agent's
+    /// journal), first running `maint` on every VM (best effort). During a
+    /// controller shutdown nothing is written: what looks like a failure is
+    /// the shutdown itself, and the host resumes on restart.
+    async fn fail_as(
+        &self,
+        status: HostStatus,
+        why: &str,
+        maint: Vec<HaproxyOp>,
+    ) -> Result<HostEnd, StoreError> {
         let c = &self.ctx;
         if c.d.shutdown.is_cancelled() {
             return Ok(HostEnd::Interrupted);
         }
-        let mut rotation = "in";
-        if let Some(hp) = &c.req.haproxy {
-            rotation = "maint";
-            if let Err(e) = self
-                .on_every_vm(
-                    "maint",
-                    vec![HaproxyOp::SetState {
-                        backend: hp.backend.clone(),
-                        server: self.host.server_name.clone(),
-                        state: State::Maint,
-                    }],
-                )
-                .await
-            {
+        let rotation = if maint.is_empty() {
+            Rotation::In
+        } else {
+            if let Err(e) = self.on_every_vm("maint", maint).await {
                 tracing::warn!(error = %e, "could not set the failed host's server to maint");
             }
-        }
+            Rotation::Maint
+        };
+        let status = status.as_str();
         c.d.store
-            .host_finished(&c.id, self.name(), status, rotation, Some(why))
+            .host_finished(&c.id, self.name(), status, rotation.as_str(), Some(why))
             .await?;
         c.log
             .push(
@@ -1051,7 +994,6 @@ struct HaproxyFailed(Vec<String>);
 
 enum PlaybookEnd {
     Shutdown,
-    Failed(String),
     /// The agent disconnected or went silent mid-job: the host is
     /// `unreachable`, not `failed` (the playbook may well have succeeded).
     Unreachable(String),
