@@ -516,6 +516,35 @@ mod tests {
         );
     }
 
+    /// A full run records exactly the chain `Step::first` / `Step::next`
+    /// describes, with and without HAProxy.
+    #[test]
+    fn recorded_steps_follow_step_next() {
+        for guarded in [true, false] {
+            let mut m = HostMachine::new(plan(guarded.then(|| guard(&[10, 50, 100]))), Ok(None));
+            let mut recorded = Vec::new();
+            let mut a = m.start();
+            for now in 1.. {
+                recorded.extend(a.record);
+                a = match a.action {
+                    HostAction::Haproxy { .. } => m.haproxy_done(Ok(()), now * 1_000),
+                    HostAction::RunPlaybook => m.playbook_done(PlaybookResult::Ended {
+                        status: JobStatus::Succeeded,
+                        error: None,
+                    }),
+                    HostAction::WaitUntil(t) => m.timer(t),
+                    end => {
+                        assert_eq!(end, HostAction::Succeed);
+                        break;
+                    }
+                };
+            }
+            let chain: Vec<Step> =
+                std::iter::successors(Some(Step::first(guarded)), |s| s.next(guarded)).collect();
+            assert_eq!(recorded, chain, "guarded={guarded}");
+        }
+    }
+
     #[test]
     fn a_ramp_step_fails_without_failing_the_host() {
         check(
