@@ -35,10 +35,10 @@ pub fn api_bodies(bytes: &[u8]) {
             serde_json::from_str(&text).expect("a stored request decodes again");
         assert_eq!(back, r, "stored request changed on the round trip");
     }
-    if let Ok(r) = serde_json::from_slice::<crate::api::RunPlaybook>(bytes) {
-        let _ = crate::api::valid_playbook_name(&r.playbook);
+    if let Ok(r) = serde_json::from_slice::<crate::http::RunPlaybook>(bytes) {
+        let _ = crate::http::valid_playbook_name(&r.playbook);
         if let Some(c) = &r.changeset {
-            let _ = crate::api::check_changeset(c);
+            let _ = crate::http::check_changeset(c);
         }
         for v in r.vars.values() {
             let _ = vesemir_protocol::job::climbs_out(v);
@@ -50,6 +50,6 @@ pub fn api_bodies(bytes: &[u8]) {
         }
         let _ = s.describe();
     }
-    let _ = serde_json::from_slice::<crate::api::CreateToken>(bytes);
-    let _ = serde_json::from_slice::<crate::deploy::http::RollbackBody>(bytes);
+    let _ = serde_json::from_slice::<crate::http::CreateToken>(bytes);
+    let _ = serde_json::from_slice::<crate::http::deployments::RollbackBody>(bytes);
 }

@@ -8,14 +8,14 @@
 //! - [`fleet`] — live agent sessions, revocation, batched last-seen, job streams.
 //! - [`quic`] — the agents' mutual-TLS QUIC endpoint and control stream.
 //! - [`enroll`] — token + CSR enrollment over TLS/TCP.
-//! - [`api`] — the HTTP API.
+//! - [`http`] — the HTTP API (handlers in one module tree).
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
 //! - [`freeze`] — freeze windows of `[[freeze]]` (built, not wired yet).
 //! - [`notify`] — signed webhooks, bounded background sender (built, not wired yet).
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
 //! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
-pub mod api;
+pub mod http;
 pub mod config;
 pub mod deploy;
 pub mod enroll;

@@ -695,7 +695,7 @@ pub async fn track_api(
 }
 
 /// The state gauges, read from the fleet and the orchestrators.
-pub async fn snapshot(state: &crate::api::AppState) -> Result<Snapshot, crate::store::StoreError> {
+pub async fn snapshot(state: &crate::http::AppState) -> Result<Snapshot, crate::store::StoreError> {
     let mut agents: BTreeMap<&'static str, u64> = BTreeMap::new();
     for rec in state.store.list_agents().await? {
         let label = match state.fleet.view(rec).state {

@@ -1,7 +1,7 @@
 //! `init` (create a data dir) and `serve` (run the controller until a
 //! shutdown signal): the library entry points the binary calls.
 
-use crate::api::{self, AppState};
+use crate::http::{self, AppState};
 use crate::config::{ControllerConfig, DataDir};
 use crate::enroll::token_hash;
 use crate::fleet::Fleet;
@@ -346,7 +346,7 @@ pub async fn serve(
         inventory,
         deployments: deployments.clone(),
     });
-    let app = api::router(state, cfg.api_body_limit);
+    let app = http::router(state, cfg.api_body_limit);
     let api_stop = stopped(stop_rx.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, app)

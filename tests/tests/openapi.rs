@@ -1,5 +1,5 @@
 //! `/v1/openapi.json` documents the whole HTTP API: a real controller serves
-//! it without a token, and every route registered in controller/src/api.rs
+//! it without a token, and every route registered in controller/src/http/mod.rs
 //! (read from the source at test time) is in `paths` with its method, and
 //! every documented operation is a real route. Adding a route without
 //! documenting it fails here.
@@ -278,7 +278,7 @@ fn openapi_documents_every_route() -> Result<()> {
     let version = doc["openapi"].as_str().unwrap_or_default();
     assert!(version.starts_with("3."), "openapi version {version:?}");
 
-    let src = std::fs::read_to_string(repo().join("controller/src/api.rs"))?;
+    let src = std::fs::read_to_string(repo().join("controller/src/http/mod.rs"))?;
     assert!(
         !src.contains(".nest(") && !src.contains(".route_service("),
         "api.rs nests routers or services: teach this test to see their routes"
@@ -293,7 +293,7 @@ fn openapi_documents_every_route() -> Result<()> {
     let missing: Vec<_> = registered.difference(&docs).collect();
     assert!(
         missing.is_empty(),
-        "routes in controller/src/api.rs missing from controller/src/openapi.json: {missing:?}"
+        "routes in controller/src/http/mod.rs missing from controller/src/openapi.json: {missing:?}"
     );
     let stale: Vec<_> = docs.difference(&registered).collect();
     assert!(

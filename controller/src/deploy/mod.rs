@@ -15,7 +15,6 @@
 //! finishes the HAProxy steps of hosts that were in flight.
 
 pub mod canary;
-pub mod http;
 pub mod logs;
 pub mod orchestrator;
 pub mod plan;

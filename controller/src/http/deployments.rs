@@ -1,10 +1,10 @@
 //! HTTP handlers of the deployments API (docs/API.md). API boundary: the
 //! JSON built here is what the CLI reads.
 
-use super::plan::{batches, make_plan, PlanError};
-use super::request::DeployRequest;
-use super::{SubmitError, Submitted};
-use crate::api::{json_rejection, query_rejection, ApiError, AppState, Caller};
+use super::{json_rejection, query_rejection, ApiError, AppState, Caller};
+use crate::deploy::plan::{batches, make_plan, PlanError};
+use crate::deploy::request::DeployRequest;
+use crate::deploy::{SubmitError, Submitted};
 use crate::fleet::rfc3339;
 use crate::store::{DeploymentRow, HaproxyActionRow, HostRow};
 use axum::extract::{Path, Query, State};
@@ -348,7 +348,7 @@ pub async fn logs(
             if !rows.is_empty() {
                 let mut chunk = String::new();
                 for r in &rows {
-                    chunk.push_str(&super::logs::row_json(r).to_string());
+                    chunk.push_str(&crate::deploy::logs::row_json(r).to_string());
                     chunk.push('\n');
                 }
                 after = rows.last().map_or(after, |r| r.seq);

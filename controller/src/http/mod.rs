@@ -4,6 +4,8 @@
 //!
 //! API boundary: the JSON shapes here are what the CLI and scripts rely on.
 
+pub mod deployments;
+
 use crate::enroll::token_hash;
 use crate::fleet::Fleet;
 use crate::store::{now_ms, Store};
@@ -213,24 +215,18 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/inventory/resolve", post(resolve_inventory))
         .route(
             "/v1/deployments",
-            post(crate::deploy::http::create).get(crate::deploy::http::list),
+            post(deployments::create).get(deployments::list),
         )
-        .route(
-            "/v1/deployments/rollback",
-            post(crate::deploy::http::rollback),
-        )
-        .route("/v1/deployments/{id}", get(crate::deploy::http::show))
-        .route(
-            "/v1/deployments/{id}/cancel",
-            post(crate::deploy::http::cancel),
-        )
+        .route("/v1/deployments/rollback", post(deployments::rollback))
+        .route("/v1/deployments/{id}", get(deployments::show))
+        .route("/v1/deployments/{id}/cancel", post(deployments::cancel))
         .layer(middleware::from_fn_with_state(state.clone(), timeout_layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     // Streams: no overall timeout (they last as long as the work does).
     let streams = Router::new()
         .route("/v1/agents/{name}/run", post(run_on_agent))
         .route("/v1/agents/{name}/jobs/{id}/events", get(follow_job))
-        .route("/v1/deployments/{id}/logs", get(crate::deploy::http::logs))
+        .route("/v1/deployments/{id}/logs", get(deployments::logs))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -312,7 +308,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        include_str!("../openapi.json"),
     )
 }
 
