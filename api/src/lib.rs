@@ -25,3 +25,11 @@ pub use progressive::{
 };
 pub use selector::{check_attribute_key, Selector, SelectorError};
 pub use stored::{StoredRequest, StoredRequestError};
+pub mod views;
+
+pub use views::{
+    AgentForgotten, AgentState, AgentView, CreateToken, CreatedToken, DeploymentAccepted,
+    DeploymentDetail, DeploymentList, DeploymentView, DuplicateKeyView, HaproxyActionView,
+    HostStats, HostSummary, HostView, JobOutcome, JobStats, PlanView, PlannedHaproxy, PlannedHost,
+    PlannedVm, PlaybookCoverage, PlaybookDrift, Resolved, ResolvedHost, StreamEvent,
+};

@@ -6,7 +6,6 @@
 //! task writes last-seen to the store every `last_seen_flush`.
 
 use crate::store::{now_ms, AgentRecord, LastSeen, Store, StoreError};
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,64 +48,8 @@ pub struct Live {
     pub last_heartbeat_ms: i64,
 }
 
-/// Agent state as users see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentState {
-    /// A live connection with recent heartbeats.
-    Connected,
-    /// No live connection.
-    Disconnected,
-    /// Connected, but no heartbeat for three intervals.
-    Stale,
-    /// Revoked: refused at the handshake.
-    Revoked,
-}
-
-/// An agent as the API shows it: the stored record merged with the live session.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentView {
-    /// Node name.
-    pub name: String,
-    /// State.
-    pub state: AgentState,
-    /// Agent version.
-    pub version: String,
-    /// Last heartbeat, RFC 3339.
-    pub last_seen: Option<String>,
-    /// Seconds since the last heartbeat.
-    pub last_seen_secs_ago: Option<i64>,
-    /// Enrollment time, RFC 3339.
-    pub first_seen: String,
-    /// Remote address of the live or last connection.
-    pub remote_addr: Option<String>,
-    /// Facts from the last heartbeat.
-    pub facts: Option<serde_json::Value>,
-    /// Current certificate serial.
-    pub cert_serial: String,
-    /// Current certificate fingerprint (SHA-256).
-    pub cert_fingerprint: String,
-    /// Current certificate expiry, RFC 3339.
-    pub cert_not_after: String,
-    /// Revocation time, RFC 3339.
-    pub revoked_at: Option<String>,
-    /// Set when two processes with this agent's key took turns on its
-    /// connection recently (a cloned VM or a copied data dir).
-    pub duplicate_key: Option<DuplicateKeyView>,
-}
-
-/// Two processes holding one agent's key, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DuplicateKeyView {
-    /// The two remote addresses of the last takeover (new, replaced).
-    pub addresses: [String; 2],
-    /// First takeover seen, RFC 3339.
-    pub first_seen: String,
-    /// Last takeover seen, RFC 3339.
-    pub last_seen: String,
-    /// Takeovers between the two processes so far.
-    pub takeovers: u64,
-}
+/// Agents as the API shows them (wire types of `vesemir-api`).
+pub use vesemir_api::{AgentState, AgentView, DuplicateKeyView};
 
 /// How long a duplicate stays reported after its last takeover.
 pub const DUPLICATE_KEY_MEMORY: Duration = Duration::from_secs(600);

@@ -15,7 +15,6 @@
 //! - [`notify`] — signed webhooks, bounded background sender (built, not wired yet).
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
 //! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
-pub mod http;
 pub mod config;
 pub mod deploy;
 pub mod enroll;
@@ -24,6 +23,7 @@ pub mod fleet;
 pub mod freeze;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod inventory;
 pub mod metrics;
 pub mod notify;

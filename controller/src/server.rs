@@ -1,10 +1,10 @@
 //! `init` (create a data dir) and `serve` (run the controller until a
 //! shutdown signal): the library entry points the binary calls.
 
-use crate::http::{self, AppState};
 use crate::config::{ControllerConfig, DataDir};
 use crate::enroll::token_hash;
 use crate::fleet::Fleet;
+use crate::http::{self, AppState};
 use crate::pki::{Ca, PkiError};
 use crate::quic::{self, ServerTls};
 use crate::store::{Store, StoreError};

@@ -12,71 +12,96 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn ms(v: Option<i64>) -> Value {
-    v.map(rfc3339).map(Value::from).unwrap_or(Value::Null)
+fn host_view(h: &HostRow) -> vesemir_api::HostView {
+    vesemir_api::HostView {
+        name: h.name.clone(),
+        address: h.address.clone(),
+        server_name: h.server_name.clone(),
+        status: h.status.clone(),
+        step: h.step.clone(),
+        job_id: h.job_id.clone(),
+        rotation: h.rotation.clone(),
+        stats: vesemir_api::HostStats {
+            ok: h.stats[0],
+            changed: h.stats[1],
+            failed: h.stats[2],
+            unreachable: h.stats[3],
+            skipped: h.stats[4],
+        },
+        started_at: h.started_at.map(rfc3339),
+        finished_at: h.finished_at.map(rfc3339),
+        duration_ms: h.started_at.zip(h.finished_at).map(|(s, f)| f - s),
+        error: h.error.clone(),
+    }
 }
 
-fn host_json(h: &HostRow) -> Value {
-    json!({
-        "name": h.name, "address": h.address, "server_name": h.server_name,
-        "status": h.status, "step": h.step, "job_id": h.job_id, "rotation": h.rotation,
-        "stats": {"ok": h.stats[0], "changed": h.stats[1], "failed": h.stats[2],
-                  "unreachable": h.stats[3], "skipped": h.stats[4]},
-        "started_at": ms(h.started_at), "finished_at": ms(h.finished_at),
-        "duration_ms": h.started_at.zip(h.finished_at).map(|(s, f)| f - s),
-        "error": h.error,
-    })
+fn action_view(a: &HaproxyActionRow) -> vesemir_api::HaproxyActionView {
+    vesemir_api::HaproxyActionView {
+        at: rfc3339(a.at),
+        host: a.host.clone(),
+        haproxy_vm: a.haproxy_vm.clone(),
+        backend: a.backend.clone(),
+        server: a.server.clone(),
+        action: a.action.clone(),
+        ok: a.ok,
+        detail: a.detail.clone(),
+    }
 }
 
-fn action_json(a: &HaproxyActionRow) -> Value {
-    json!({
-        "at": rfc3339(a.at), "host": a.host, "haproxy_vm": a.haproxy_vm, "backend": a.backend,
-        "server": a.server, "action": a.action, "ok": a.ok, "detail": a.detail,
-    })
-}
-
-/// A deployment as JSON; with hosts and actions for the detail view.
-pub fn deployment_json(
+/// A deployment as the API shows it; with hosts and HAProxy actions for
+/// the detail view.
+pub fn deployment_view(
     d: &DeploymentRow,
-    hosts: Option<&[HostRow]>,
-    actions: Option<&[HaproxyActionRow]>,
-) -> Value {
+    detail: Option<(&[HostRow], &[HaproxyActionRow])>,
+) -> vesemir_api::DeploymentView {
     // Versioned or raw, the view shows the request itself (no envelope).
-    let request: Value = vesemir_api::StoredRequest::parse(&d.request)
+    let request: Option<DeployRequest> = vesemir_api::StoredRequest::parse(&d.request)
         .ok()
-        .and_then(|r| serde_json::to_value(r.into_request()).ok())
-        .unwrap_or(Value::Null);
-    let mut v = json!({
-        "id": d.id, "application": d.application, "environment": d.environment, "team": d.team,
-        "status": d.status, "requested_by": d.requested_by,
-        "created_at": rfc3339(d.created_at), "started_at": ms(d.started_at), "finished_at": ms(d.finished_at),
-        "duration_ms": d.started_at.zip(d.finished_at).map(|(s, f)| f - s),
-        "query": d.query, "haproxy_query": d.haproxy_query,
-        "haproxy_vms": d.haproxy_vms.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
-        "hosts_total": d.hosts_total, "cancel_requested": d.cancel_requested,
-        "concurrency": request["concurrency"], "max_unavailable": request["max_unavailable"],
-        "max_fail_percentage": request["max_fail_percentage"], "playbook": request["playbook"],
-        "changeset": request["changeset"], "error": d.error,
-    });
-    if let Some(hosts) = hosts {
-        let mut summary = json!({"pending": 0, "running": 0, "succeeded": 0, "failed": 0, "unreachable": 0, "skipped": 0});
+        .map(|r| r.into_request());
+    let detail = detail.map(|(hosts, actions)| {
+        let mut summary = vesemir_api::HostSummary::default();
         for h in hosts {
-            if let Some(n) = summary.get_mut(h.status.as_str()) {
-                *n = (n.as_i64().unwrap_or(0) + 1).into();
-            }
+            summary.count(&h.status);
         }
-        v["summary"] = summary;
-        v["hosts"] = hosts.iter().map(host_json).collect();
-        v["request"] = request;
+        vesemir_api::DeploymentDetail {
+            summary,
+            hosts: hosts.iter().map(host_view).collect(),
+            request: request.clone(),
+            haproxy_actions: actions.iter().map(action_view).collect(),
+        }
+    });
+    let r = request.as_ref();
+    vesemir_api::DeploymentView {
+        id: d.id.clone(),
+        application: d.application.clone(),
+        environment: d.environment.clone(),
+        team: d.team.clone(),
+        status: d.status.clone(),
+        requested_by: d.requested_by.clone(),
+        created_at: rfc3339(d.created_at),
+        started_at: d.started_at.map(rfc3339),
+        finished_at: d.finished_at.map(rfc3339),
+        duration_ms: d.started_at.zip(d.finished_at).map(|(s, f)| f - s),
+        query: d.query.clone(),
+        haproxy_query: d.haproxy_query.clone(),
+        haproxy_vms: d
+            .haproxy_vms
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
+        hosts_total: d.hosts_total,
+        cancel_requested: d.cancel_requested,
+        concurrency: r.map(|r| r.concurrency.clone()),
+        max_unavailable: r.and_then(|r| r.max_unavailable),
+        max_fail_percentage: r.map(|r| r.max_fail_percentage),
+        playbook: r.map(|r| r.playbook.clone()),
+        changeset: r.and_then(|r| r.changeset.clone()),
+        error: d.error.clone(),
+        detail,
     }
-    if let Some(actions) = actions {
-        v["haproxy_actions"] = actions.iter().map(action_json).collect();
-    }
-    v
 }
 
 fn invalid(field_and_message: String) -> ApiError {
@@ -118,29 +143,30 @@ async fn submit(
             .map_err(plan_error)?;
         let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
         let concurrency = req.concurrency_for(names.len());
-        return Ok(Json(json!({
-            "dry_run": true, "application": req.application, "environment": req.environment,
-            "query": plan.query, "haproxy_query": plan.haproxy_query,
-            "concurrency": concurrency, "max_unavailable": req.max_unavailable_for(names.len()),
-            "hosts": plan.hosts, "batches": batches(&req, &names),
-            "haproxy": req.haproxy.as_ref().map(|h| json!({"backend": h.backend, "vms": plan.haproxy_vms})),
-            "problems": plan.problems,
-            "playbook": plan.playbook,
-        }))
-        .into_response());
+        return Ok(Json(plan_view(&req, plan, batches(&req, &names), concurrency)).into_response());
     }
     let key = idempotency_key(headers)?;
     match deployments.submit(&req, &caller.name, key.as_deref()).await {
         Ok(Submitted::Created(id)) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"id": id, "status": "pending", "url": format!("/v1/deployments/{id}")})),
+            Json(vesemir_api::DeploymentAccepted {
+                url: Some(format!("/v1/deployments/{id}")),
+                id,
+                status: Some("pending".into()),
+                idempotent_replay: None,
+            }),
         )
             .into_response()),
         Ok(Submitted::Existing(id)) => {
             let row = state.store.get_deployment(&id).await?;
             Ok((
                 StatusCode::OK,
-                Json(json!({"id": id, "status": row.map(|r| r.status), "url": format!("/v1/deployments/{id}"), "idempotent_replay": true})),
+                Json(vesemir_api::DeploymentAccepted {
+                    url: Some(format!("/v1/deployments/{id}")),
+                    id,
+                    status: row.map(|r| r.status),
+                    idempotent_replay: Some(true),
+                }),
             )
                 .into_response())
         }
@@ -151,6 +177,63 @@ async fn submit(
             e.to_string(),
         )),
         Err(SubmitError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// The dry run's answer, from the plan.
+fn plan_view(
+    req: &DeployRequest,
+    plan: crate::deploy::plan::Plan,
+    batches: Vec<Vec<String>>,
+    concurrency: usize,
+) -> vesemir_api::PlanView {
+    let total = plan.hosts.len();
+    vesemir_api::PlanView {
+        dry_run: true,
+        application: req.application.clone(),
+        environment: req.environment.clone(),
+        query: plan.query,
+        haproxy_query: plan.haproxy_query,
+        concurrency,
+        max_unavailable: req.max_unavailable_for(total),
+        hosts: plan
+            .hosts
+            .into_iter()
+            .map(|h| vesemir_api::PlannedHost {
+                name: h.name,
+                address: h.address,
+                server_name: h.server_name,
+                agent: h.agent,
+            })
+            .collect(),
+        batches,
+        haproxy: req.haproxy.as_ref().map(|h| vesemir_api::PlannedHaproxy {
+            backend: h.backend.clone(),
+            vms: plan
+                .haproxy_vms
+                .into_iter()
+                .map(|v| vesemir_api::PlannedVm {
+                    name: v.name,
+                    agent: v.agent,
+                    servers: v.servers,
+                })
+                .collect(),
+        }),
+        problems: plan.problems,
+        playbook: plan.playbook.map(|p| vesemir_api::PlaybookCoverage {
+            name: p.name,
+            missing: p.missing,
+            drift: p
+                .drift
+                .into_iter()
+                .map(|d| vesemir_api::PlaybookDrift {
+                    host: d.host,
+                    sha256: d.sha256,
+                })
+                .collect(),
+            sha256: p.sha256,
+            unknown: p.unknown,
+        }),
     }
 }
 
@@ -193,7 +276,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<vesemir_api::DeploymentList>, ApiError> {
     let Query(q) = q.map_err(query_rejection)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -213,10 +296,10 @@ pub async fn list(
             offset,
         )
         .await?;
-    Ok(Json(json!({
-        "deployments": rows.iter().map(|r| deployment_json(r, None, None)).collect::<Vec<_>>(),
-        "total": total,
-    })))
+    Ok(Json(vesemir_api::DeploymentList {
+        deployments: rows.iter().map(|r| deployment_view(r, None)).collect(),
+        total,
+    }))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -231,7 +314,7 @@ fn not_found(id: &str) -> ApiError {
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<vesemir_api::DeploymentView>, ApiError> {
     let row = state
         .store
         .get_deployment(&id)
@@ -239,7 +322,7 @@ pub async fn show(
         .ok_or_else(|| not_found(&id))?;
     let hosts = state.store.deployment_hosts(&id).await?;
     let actions = state.store.haproxy_actions(&id).await?;
-    Ok(Json(deployment_json(&row, Some(&hosts), Some(&actions))))
+    Ok(Json(deployment_view(&row, Some((&hosts, &actions)))))
 }
 
 /// `POST /v1/deployments/{id}/cancel`.
@@ -263,7 +346,12 @@ pub async fn cancel(
     tracing::info!(deployment_id = %id, by = %caller.name, "cancel requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "cancelling"})),
+        Json(vesemir_api::DeploymentAccepted {
+            id,
+            status: Some("cancelling".into()),
+            url: None,
+            idempotent_replay: None,
+        }),
     )
         .into_response())
 }
@@ -314,6 +402,18 @@ pub struct LogsQuery {
     follow: bool,
 }
 
+/// One NDJSON line of a stream.
+fn event_line<const N: usize>(kind: &str, fields: [(&str, Value); N]) -> String {
+    let ev = vesemir_api::StreamEvent::new(
+        kind,
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    );
+    format!("{}\n", serde_json::to_string(&ev).unwrap_or_default())
+}
+
 /// `GET /v1/deployments/{id}/logs`: NDJSON, optionally followed to the end.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
@@ -337,10 +437,7 @@ pub async fn logs(
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx
-                        .send(Ok(format!(
-                            "{}\n",
-                            json!({"type": "error", "message": e.to_string()})
-                        )))
+                        .send(Ok(event_line("error", [("message", e.to_string().into())])))
                         .await;
                     return;
                 }
@@ -375,19 +472,12 @@ pub async fn logs(
                     }
                 }
                 let _ = tx
-                    .send(Ok(format!(
-                        "{}\n",
-                        json!({"type": "end", "status": status})
-                    )))
+                    .send(Ok(event_line("end", [("status", status.into())])))
                     .await;
                 return;
             }
             if idle.elapsed() >= Duration::from_secs(10) {
-                if tx
-                    .send(Ok(format!("{}\n", json!({"type": "keepalive"}))))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(event_line("keepalive", []))).await.is_err() {
                     return;
                 }
                 idle = tokio::time::Instant::now();
@@ -436,7 +526,7 @@ mod tests {
     /// one written now show the same request, without the envelope.
     #[test]
     fn raw_and_versioned_rows_show_the_same_request() {
-        let raw = json!({
+        let raw = serde_json::json!({
             "application": "pay", "environment": "prod", "team": "t",
             "selector": {"tags": ["app:pay"]}, "concurrency": "50%",
             "changeset": {"version": "1.0", "url": "http://x/a.tgz", "sha256": "a".repeat(64)}
@@ -447,11 +537,18 @@ mod tests {
             .into_request();
         let versioned = vesemir_api::StoredRequest::new(req).to_json();
         assert!(versioned.contains("\"version\":1"), "{versioned}");
-        let old = deployment_json(&row(raw), Some(&[]), None);
-        let new = deployment_json(&row(versioned), Some(&[]), None);
+        let old = serde_json::to_value(deployment_view(&row(raw), Some((&[], &[])))).unwrap();
+        let new = serde_json::to_value(deployment_view(&row(versioned), Some((&[], &[])))).unwrap();
         assert_eq!(old["request"], new["request"]);
         assert_eq!(new["concurrency"], "50%");
         assert_eq!(new["request"]["application"], "pay");
         assert!(new["request"].get("version").is_none());
+        // A list row has no detail fields.
+        let row = serde_json::to_value(deployment_view(&row(String::new()), None)).unwrap();
+        assert!(
+            row.get("hosts").is_none() && row.get("summary").is_none(),
+            "{row}"
+        );
+        assert!(row["concurrency"].is_null(), "{row}");
     }
 }

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,30 +312,7 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// `POST /v1/tokens` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// Lifetime, humantime ("1h"). Default 1h.
-    #[serde(default)]
-    pub ttl: Option<String>,
-    /// Number of enrollments allowed. Default 1.
-    #[serde(default)]
-    pub uses: Option<i64>,
-}
-
-/// `POST /v1/tokens` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CreatedToken {
-    /// Token id (not secret).
-    pub id: String,
-    /// The token itself; shown once, stored hashed.
-    pub token: String,
-    /// Expiry, RFC 3339.
-    pub expires_at: String,
-    /// Enrollments allowed.
-    pub uses: i64,
-}
+pub use vesemir_api::{CreateToken, CreatedToken};
 
 async fn create_token(
     State(state): State<Arc<AppState>>,
@@ -428,13 +405,16 @@ async fn forget_agent(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<vesemir_api::AgentForgotten>, ApiError> {
     let name = agent_name(name);
     require_admin(&caller)?;
     match state.store.forget_agent(&name).await? {
         crate::store::Forget::Forgotten => {
             tracing::info!(agent = %name, by = %caller.name, "revoked agent forgotten; its name may enroll again");
-            Ok(Json(serde_json::json!({"name": name, "forgotten": true})))
+            Ok(Json(vesemir_api::AgentForgotten {
+                name,
+                forgotten: true,
+            }))
         }
         crate::store::Forget::NotRevoked => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -633,7 +613,7 @@ fn no_job(name: &str, id: &str) -> ApiError {
 async fn job_outcome(
     State(state): State<Arc<AppState>>,
     Path((name, id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<vesemir_api::JobOutcome>, ApiError> {
     let name = agent_name(name);
     let mut job = query_job(&state, &name, &id, vesemir_protocol::job::JobKind::Outcome).await?;
     // The route's timeout layer bounds this wait.
@@ -643,12 +623,21 @@ async fn job_outcome(
                 if o.status == vesemir_protocol::job::JobStatus::Unknown {
                     return Err(no_job(&name, &id));
                 }
-                let mut v =
-                    crate::events::event_json(&vesemir_protocol::job::JobEvent::Finished(o));
-                if let Some(m) = v.as_object_mut() {
-                    m.remove("type");
-                }
-                return Ok(Json(v));
+                return Ok(Json(vesemir_api::JobOutcome {
+                    status: o.status.as_str().to_string(),
+                    stats: vesemir_api::JobStats {
+                        ok: o.stats.ok.into(),
+                        changed: o.stats.changed.into(),
+                        failed: o.stats.failed.into(),
+                        skipped: o.stats.skipped.into(),
+                    },
+                    error: o.error,
+                    output: o
+                        .output
+                        .as_deref()
+                        .and_then(|s| serde_json::from_str(s).ok()),
+                    job_id: o.job_id,
+                }));
             }
             Some(_) => continue,
             None => {
@@ -702,7 +691,7 @@ pub fn inventory_error(field: &str, e: crate::inventory::InventoryError) -> ApiE
 async fn resolve_inventory(
     State(state): State<Arc<AppState>>,
     body: Result<Json<crate::inventory::Selector>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<vesemir_api::Resolved>, ApiError> {
     let Json(sel) = body.map_err(json_rejection)?;
     let inv = inventory(&state)?;
     let res = inv
@@ -713,16 +702,24 @@ async fn resolve_inventory(
     for h in res.hosts {
         // Chef may spell a node `WEB-1`; its agent enrolled as `web-1`.
         let agent = match state.store.get_agent(&agent_name(h.name.clone())).await? {
-            Some(rec) => serde_json::to_value(state.fleet.view(rec).state).unwrap_or_default(),
-            None => serde_json::json!("none"),
+            Some(rec) => state.fleet.view(rec).state.as_str(),
+            None => "none",
         };
-        let mut v = serde_json::to_value(&h).unwrap_or_default();
-        v["agent"] = agent;
-        hosts.push(v);
+        hosts.push(vesemir_api::ResolvedHost {
+            name: h.name,
+            address: h.address,
+            fqdn: h.fqdn,
+            hostname: h.hostname,
+            tags: h.tags,
+            roles: h.roles,
+            environment: h.environment,
+            agent: agent.to_string(),
+        });
     }
-    Ok(Json(
-        serde_json::json!({"query": res.query, "hosts": hosts}),
-    ))
+    Ok(Json(vesemir_api::Resolved {
+        query: res.query,
+        hosts,
+    }))
 }
 
 #[cfg(test)]
