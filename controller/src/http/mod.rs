@@ -632,10 +632,12 @@ async fn job_outcome(
                         skipped: o.stats.skipped.into(),
                     },
                     error: o.error,
-                    output: o
-                        .output
-                        .as_deref()
-                        .and_then(|s| serde_json::from_str(s).ok()),
+                    // The replies themselves, as before protocol v3 (a JSON list).
+                    output: o.output.as_ref().and_then(|out| match out {
+                        vesemir_protocol::job::JobOutput::Haproxy(r) => {
+                            serde_json::to_value(r).ok()
+                        }
+                    }),
                     job_id: o.job_id,
                 }));
             }
