@@ -75,6 +75,9 @@ pub enum ServerError {
     /// Endpoint.
     #[error(transparent)]
     Endpoint(#[from] quic::EndpointError),
+    /// A controller.toml section this version parses but does not enforce.
+    #[error("controller.toml has {0}, which this controller does not enforce yet; remove the section to start")]
+    NotEnforced(&'static str),
     /// Inventory source unusable.
     #[error("inventory: {0}")]
     Inventory(String),
@@ -264,6 +267,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     notify: Notifier,
 ) -> Result<(), ServerError> {
+    // Parsed and checked at load, but not enforced yet: refuse to serve
+    // rather than let an operator believe a freeze or a webhook is in force.
+    if !cfg.freeze.is_empty() || cfg.notify.is_some() {
+        return Err(ServerError::NotEnforced(if cfg.freeze.is_empty() {
+            "[notify]"
+        } else {
+            "[[freeze]]"
+        }));
+    }
     let dd = DataDir {
         root: cfg.data_dir.clone(),
     };

@@ -90,7 +90,8 @@ impl Deployments {
 
     /// Validates the request.
     pub fn validate(&self, req: &DeployRequest) -> Result<(), FieldError> {
-        req.validate()
+        req.validate()?;
+        not_acted_on_yet(req)
     }
 
     /// Refuses a request naming a playbook that hosts of its plan lack
@@ -255,5 +256,73 @@ impl Deployments {
     /// Whether a deployment's orchestrator runs in this process.
     pub fn is_running_here(&self, id: &str) -> bool {
         self.running.lock().expect("running lock").contains_key(id)
+    }
+}
+
+/// The progressive-delivery fields parse and validate (api crate), but the
+/// orchestrator does not act on them yet: a request using one is refused, so
+/// nobody believes a canary, a rollback, a pause or a webhook guarded a
+/// rollout that ran without it.
+fn not_acted_on_yet(req: &DeployRequest) -> Result<(), FieldError> {
+    let used = [
+        ("canary", req.canary.is_some()),
+        ("on_failure", req.on_failure != vesemir_api::OnFailure::Stop),
+        ("pause_after_canary", req.pause_after_canary),
+        ("pause_after_batches", !req.pause_after_batches.is_empty()),
+        (
+            "progress_deadline_seconds",
+            req.progress_deadline_seconds.is_some(),
+        ),
+        ("notify", !req.notify.is_empty()),
+        ("override_freeze", req.override_freeze.is_some()),
+    ];
+    match used.iter().find(|(_, on)| *on) {
+        Some((field, _)) => Err(FieldError {
+            field: (*field).to_string(),
+            message: format!(
+                "{field} is not supported by this controller yet (it would be ignored); remove it from the request"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod not_yet_tests {
+    use super::*;
+
+    fn request(extra: &str) -> DeployRequest {
+        let body = format!(
+            r#"{{"application":"app","environment":"production","team":"t","selector":{{"tags":["app:x"]}}{extra}}}"#
+        );
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"))
+    }
+
+    #[test]
+    fn a_plain_request_passes_and_each_unwired_field_is_refused_by_name() {
+        assert_eq!(not_acted_on_yet(&request("")), Ok(()));
+        for (extra, field) in [
+            (r#","canary":{"hosts":1}"#, "canary"),
+            (r#","on_failure":"rollback""#, "on_failure"),
+            (r#","pause_after_canary":true"#, "pause_after_canary"),
+            (r#","pause_after_batches":[1]"#, "pause_after_batches"),
+            (
+                r#","progress_deadline_seconds":60"#,
+                "progress_deadline_seconds",
+            ),
+            (
+                r#","notify":[{"url":"https://hooks.example.com/x","events":["started"]}]"#,
+                "notify",
+            ),
+            (r#","override_freeze":"hotfix""#, "override_freeze"),
+        ] {
+            let e = not_acted_on_yet(&request(extra)).expect_err(field);
+            assert_eq!(e.field, field);
+            assert!(
+                e.message.contains("not supported by this controller yet"),
+                "{}",
+                e.message
+            );
+        }
     }
 }
