@@ -79,6 +79,12 @@ enum Command {
 fn main() -> ExitCode {
     // Before any thread exists: this reads and removes NOTIFY_SOCKET & co.
     let notify = Notifier::take_from_env();
+    // Sockets bound by a systemd .socket unit or a test harness; the
+    // variables are removed so nothing this process starts inherits them.
+    let inherited = vesemir_daemon::listen::Inherited::from_env();
+    for var in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] {
+        std::env::remove_var(var);
+    }
     let cli = Cli::parse();
     init_logging(LogFormat::choose(cli.log_format, &LogEnv::detect()));
     let notify = notify.unwrap_or_else(|e| {
@@ -187,7 +193,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return exit_error(EX_USAGE, &e),
             };
-            match rt.block_on(server::serve(cfg, shutdown_signal(), notify)) {
+            let listeners = match inherited.and_then(server::Listeners::inherited) {
+                Ok(l) => l,
+                Err(e) => return exit_error(EX_USAGE, &e),
+            };
+            match rt.block_on(server::serve(cfg, listeners, shutdown_signal(), notify)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "controller failed");

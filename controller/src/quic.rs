@@ -131,9 +131,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the QUIC endpoint.
+/// Builds the QUIC endpoint on `socket` (bound by the caller, or inherited
+/// already bound: see `server::Listeners`).
 pub fn endpoint(
-    listen: SocketAddr,
+    socket: std::net::UdpSocket,
     tls: &ServerTls,
     revoked: Arc<RwLock<HashSet<String>>>,
     reset_key: &[u8],
@@ -169,8 +170,8 @@ pub fn endpoint(
         .max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
-    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind {
-        addr: listen,
+    let listen = socket.local_addr().map_err(|source| EndpointError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
     let got = grow_udp_buffers(&socket, UDP_BUFFER_BYTES);

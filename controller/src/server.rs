@@ -89,7 +89,7 @@ pub enum ServerError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// Binding a TCP listener.
+    /// Binding a listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// Address.
@@ -257,6 +257,68 @@ fn read_join_source(from: &Path, url: Option<&str>) -> Result<JoinSource, Server
     })
 }
 
+/// Sockets handed to [`serve`] already bound (a systemd `.socket` unit, a
+/// test harness, an embedding program); each one missing is bound from the
+/// config's address. Pre-bound sockets let the caller pick free ports
+/// without racing other processes for them between choosing and binding.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The HTTP API (TCP), instead of `api_listen`.
+    pub api: Option<std::net::TcpListener>,
+    /// Enrollment (TCP, on the QUIC port number), instead of `quic_listen`.
+    pub enroll: Option<std::net::TcpListener>,
+    /// Agent connections (UDP, QUIC), instead of `quic_listen`.
+    pub quic: Option<std::net::UdpSocket>,
+}
+
+impl Listeners {
+    /// The names [`Listeners::inherited`] takes, in `LISTEN_FDNAMES`.
+    pub const NAMES: [&'static str; 3] = ["api", "enroll", "quic"];
+
+    /// The sockets in `LISTEN_FDS` (systemd socket activation), by name:
+    /// `api`, `enroll`, `quic`. Any other inherited socket is an error.
+    pub fn inherited(
+        mut set: vesemir_daemon::listen::Inherited,
+    ) -> Result<Listeners, vesemir_daemon::listen::ListenError> {
+        let l = Listeners {
+            api: set.tcp("api")?,
+            enroll: set.tcp("enroll")?,
+            quic: set.udp("quic")?,
+        };
+        set.finish(&Self::NAMES)?;
+        Ok(l)
+    }
+
+    fn api_addr(&self, cfg: &ControllerConfig) -> SocketAddr {
+        let bound = self.api.as_ref().and_then(|l| l.local_addr().ok());
+        bound.unwrap_or(cfg.api_listen)
+    }
+
+    fn quic_addr(&self, cfg: &ControllerConfig) -> SocketAddr {
+        let bound = self.quic.as_ref().and_then(|l| l.local_addr().ok());
+        bound.unwrap_or(cfg.quic_listen)
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ServerError> {
+    std::net::UdpSocket::bind(addr).map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// `inherited` as a tokio listener, or a new one bound to `addr`.
+async fn tcp_listener(
+    inherited: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    match inherited {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(bind_err)?;
+            tokio::net::TcpListener::from_std(l).map_err(bind_err)
+        }
+        None => tokio::net::TcpListener::bind(addr).await.map_err(bind_err),
+    }
+}
+
 /// Runs the controller until `shutdown` resolves, then closes agent
 /// connections cleanly (they reconnect later) and flushes the store.
 /// `notify` tells systemd `READY=1` once every listener is bound and the
@@ -264,6 +326,7 @@ fn read_join_source(from: &Path, url: Option<&str>) -> Result<JoinSource, Server
 /// [`report_to_systemd`]).
 pub async fn serve(
     cfg: ControllerConfig,
+    mut listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     notify: Notifier,
 ) -> Result<(), ServerError> {
@@ -294,28 +357,33 @@ pub async fn serve(
     )
     .await?;
 
+    let (api_addr, quic_addr) = (listeners.api_addr(&cfg), listeners.quic_addr(&cfg));
+    let inherited: Vec<&str> = [
+        ("api", listeners.api.is_some()),
+        ("enroll", listeners.enroll.is_some()),
+        ("quic", listeners.quic.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, given)| given.then_some(n))
+    .collect();
+    if !inherited.is_empty() {
+        tracing::info!(sockets = %inherited.join(","), "using sockets bound by the parent (LISTEN_FDS)");
+    }
     let endpoint = quic::endpoint(
-        cfg.quic_listen,
+        listeners
+            .quic
+            .take()
+            .map_or_else(|| bind_udp(cfg.quic_listen), Ok)?,
         &tls,
         fleet.revoked_set(),
         &reset_key,
         cfg.quic_idle_timeout,
     )?;
-    let enroll_listener = tokio::net::TcpListener::bind(cfg.quic_listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: cfg.quic_listen,
-            source,
-        })?;
-    let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: cfg.api_listen,
-            source,
-        })?;
+    let enroll_listener = tcp_listener(listeners.enroll.take(), cfg.quic_listen).await?;
+    let api_listener = tcp_listener(listeners.api.take(), cfg.api_listen).await?;
     tracing::info!(
-        api = %cfg.api_listen,
-        quic = %cfg.quic_listen,
+        api = %api_addr,
+        quic = %quic_addr,
         data_dir = %cfg.data_dir.display(),
         "controller serving"
     );
@@ -378,8 +446,8 @@ pub async fn serve(
     // Listening, migrated (Store::connect), resumed: ready.
     notify.ready(&format!(
         "serving: API {}, agents {}; {}",
-        cfg.api_listen,
-        cfg.quic_listen,
+        api_addr,
+        quic_addr,
         status_line(&fleet, &deployments)
     ));
     let reporter = notify.is_enabled().then(|| {

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
+pub mod listen;
 mod log_default;
 pub mod notify;
 pub use log_default::LogEnv;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::procs::{bind_controller_sockets, pass_sockets, Listen};
 pub use crate::procs::{free_port, Proc};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,11 @@ pub struct Controller {
     /// Admin token.
     pub token: String,
     starts: u32,
+    /// The API, enrollment and QUIC sockets, bound by `init` and handed to
+    /// the first `serve` already bound (so no other test can take the
+    /// ports in between); dropped once it started. A restart binds the
+    /// same ports again, as a restarted daemon would.
+    sockets: Option<Vec<(&'static str, Listen)>>,
 }
 
 impl Controller {
@@ -126,7 +132,15 @@ impl Controller {
     pub fn init_with_args(opts: ControllerOptions, init_args: &[&str]) -> Result<Controller> {
         let root = tempfile::tempdir()?;
         let data_dir = root.path().join("controller");
-        let (api_port, quic_port) = (free_port()?, free_port()?);
+        let sockets = bind_controller_sockets()?;
+        let port = |name: &str| -> Result<u16> {
+            let (_, l) = sockets.iter().find(|(n, _)| *n == name).expect("bound");
+            Ok(match l {
+                Listen::Tcp(t) => t.local_addr()?.port(),
+                Listen::Udp(u) => u.local_addr()?.port(),
+            })
+        };
+        let (api_port, quic_port) = (port("api")?, port("quic")?);
         let out = Command::new(bin("vesemir-controller"))
             .args(["init", "--data-dir"])
             .arg(&data_dir)
@@ -161,7 +175,17 @@ impl Controller {
             token,
             proc: None,
             starts: 0,
+            sockets: Some(sockets),
         })
+    }
+
+    /// Makes `cmd` (a `serve` a test starts itself) inherit the sockets
+    /// `init` bound, the first time; later starts bind the configured
+    /// ports themselves, as a restarted daemon would.
+    pub fn pass_sockets(&mut self, cmd: &mut Command) {
+        if let Some(s) = self.sockets.take() {
+            pass_sockets(cmd, s);
+        }
     }
 
     /// Starts `serve` and waits for `/readyz`.
@@ -172,6 +196,7 @@ impl Controller {
             .arg(self.data_dir.join("controller.toml"))
             .env("RUST_LOG", "info,vesemir_controller=debug");
         without_systemd_env(&mut cmd);
+        self.pass_sockets(&mut cmd);
         let log = self
             .root
             .path()

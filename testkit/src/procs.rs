@@ -175,6 +175,76 @@ pub fn free_port() -> Result<u16> {
     bail!("no free loopback port found")
 }
 
+/// Sockets bound here and handed to a child already bound, at fds 3.. with
+/// `LISTEN_FDS`/`LISTEN_FDNAMES` (systemd socket activation's protocol,
+/// which the daemons read): the port is ours from the bind on, so nothing
+/// races for it between choosing it and the child's start.
+pub enum Listen {
+    /// A listening TCP socket.
+    Tcp(TcpListener),
+    /// A UDP socket.
+    Udp(UdpSocket),
+}
+
+impl Listen {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listen::Tcp(l) => l.as_raw_fd(),
+            Listen::Udp(u) => u.as_raw_fd(),
+        }
+    }
+}
+
+/// A controller's three sockets on loopback: the API (TCP), and enrollment
+/// (TCP) with QUIC (UDP) on one port number, as the controller's
+/// `quic_listen` has them. Named `api`, `enroll`, `quic`.
+pub fn bind_controller_sockets() -> Result<Vec<(&'static str, Listen)>> {
+    let api = TcpListener::bind("127.0.0.1:0")?;
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(vec![
+                ("api", Listen::Tcp(api)),
+                ("enroll", Listen::Tcp(tcp)),
+                ("quic", Listen::Udp(udp)),
+            ]);
+        }
+    }
+    bail!("no loopback port free for both UDP and TCP")
+}
+
+/// Makes `cmd` inherit `sockets` at fds 3.. with `LISTEN_FDS` and
+/// `LISTEN_FDNAMES`. `cmd` owns them from now on (the caller's copies are
+/// gone): they close when `cmd` is dropped, so a daemon started from it is
+/// the only holder once the caller drops the `Command`.
+pub fn pass_sockets(cmd: &mut Command, sockets: Vec<(&'static str, Listen)>) {
+    use std::os::unix::process::CommandExt;
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| *n).collect();
+    cmd.env("LISTEN_FDS", names.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env_remove("LISTEN_PID");
+    let held: Vec<Listen> = sockets.into_iter().map(|(_, l)| l).collect();
+    // SAFETY: between fork and exec only fcntl/dup2 run (async-signal-safe).
+    // Sources are first copied above the target range so a dup2 never
+    // overwrites a source not yet copied.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0 as libc::c_int; 16];
+            for (i, l) in held.iter().enumerate().take(high.len()) {
+                high[i] = libc::fcntl(l.fd(), libc::F_DUPFD_CLOEXEC, 100);
+            }
+            for (i, fd) in high.iter().take(held.len()).enumerate() {
+                if *fd < 0 || libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether `pid` names a live process (a zombie counts as gone).
 pub fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -322,6 +322,57 @@ fn bad_config_exits_64_naming_the_key_and_init_refuses_to_overwrite() -> Result<
     Ok(())
 }
 
+/// The first `serve` takes the sockets `init` bound (LISTEN_FDS), so the
+/// config's addresses are not bound: here they name ports the test holds,
+/// and the controller still serves, enrolls and connects an agent on the
+/// inherited ones. An inherited socket it does not know is refused (64).
+#[test]
+fn serve_uses_inherited_sockets_and_refuses_unknown_ones() -> Result<()> {
+    let mut c = Controller::init(ControllerOptions::default())?;
+    let held_tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let held = held_tcp.local_addr()?;
+    let held_udp = std::net::UdpSocket::bind(held)?;
+    let cfg = c.data_dir.join("controller.toml");
+    let text = std::fs::read_to_string(&cfg)?;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("api_listen =") || l.starts_with("quic_listen =") {
+                format!("{} = \"{held}\"", l.split(' ').next().unwrap_or(""))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text + "\n")?;
+    c.start()?;
+    let a = three_agents(&c)?;
+    wait_for("agents connected", Duration::from_secs(20), || {
+        connected(&c, &["web-1", "web-2", "web-3"]).then_some(())
+    })?;
+    let log = c.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    assert!(log.contains("api,enroll,quic"), "{log}");
+    drop(a);
+
+    let stray = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cmd = std::process::Command::new(vesemir_testkit::fleet::bin("vesemir-controller"));
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    vesemir_testkit::procs::pass_sockets(
+        &mut cmd,
+        vec![("stray", vesemir_testkit::procs::Listen::Udp(stray))],
+    );
+    let out = cmd.output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("\"stray\"") && err.contains("api, enroll, quic"),
+        "{err}"
+    );
+    drop((held_tcp, held_udp));
+    Ok(())
+}
+
 // ---- raw QUIC peers: handshakes that must fail, garbage that must not hurt ----
 
 mod raw {

@@ -16,6 +16,7 @@ fn start(c: &mut Controller, format: &str) -> Result<()> {
         .arg(c.data_dir.join("controller.toml"))
         .env("RUST_LOG", "info,vesemir_controller=debug");
     let log = c.root.path().join(format!("controller-{format}.log"));
+    c.pass_sockets(&mut cmd);
     c.proc = Some(Proc::spawn("controller", cmd, log)?);
     let url = format!("{}/readyz", c.url);
     let proc = c.proc.as_mut().expect("just set");

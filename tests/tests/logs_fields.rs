@@ -98,6 +98,7 @@ fn a_deployments_log_lines_carry_deployment_host_and_job_ids() -> Result<()> {
         .env_remove("NOTIFY_SOCKET")
         .env("RUST_LOG", "info");
     let log = c.root.path().join("controller.log");
+    c.pass_sockets(&mut cmd);
     c.proc = Some(Proc::spawn("controller", cmd, log)?);
     let url = format!("{}/readyz", c.url);
     wait_for("controller /readyz", Duration::from_secs(20), || {

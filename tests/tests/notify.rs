@@ -90,6 +90,7 @@ fn serve_notifying(c: &mut Controller, socket: &Path, watchdog_usec: u64) -> Res
         .env_remove("WATCHDOG_PID")
         .env("RUST_LOG", "info");
     let log = c.root.path().join("controller-notify.log");
+    c.pass_sockets(&mut cmd);
     c.proc = Some(Proc::spawn("controller", cmd, log)?);
     Ok(())
 }
@@ -280,6 +281,7 @@ fn a_bad_notify_socket_is_logged_and_the_controller_serves_anyway() -> Result<()
         .env("NOTIFY_SOCKET", "relative/notify.sock")
         .env("RUST_LOG", "info");
     let log = c.root.path().join("controller-bad-notify.log");
+    c.pass_sockets(&mut cmd);
     c.proc = Some(Proc::spawn("controller", cmd, log)?);
     let url = format!("{}/readyz", c.url);
     let proc = c.proc.as_mut().expect("started");
