@@ -15,6 +15,7 @@
 pub mod config;
 pub mod enroll;
 pub mod facts;
+pub mod footprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod haproxy;

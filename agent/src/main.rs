@@ -141,6 +141,13 @@ fn main() -> ExitCode {
                 Err(e) => return exit_error(EX_USAGE, &e),
             };
             tracing::info!(agent = %cfg.name, controller = %cfg.controller, "agent starting");
+            // Once settled (connected, first heartbeat), give back the
+            // pages only start-up used (footprint.rs).
+            rt.spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+                let n = vesemir_agent::footprint::release_startup_pages();
+                tracing::debug!(bytes = n, "start-up pages given back");
+            });
             match rt.block_on(vesemir_agent::session::run(cfg, shutdown_signal(), notify)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => exit_error(1, &e),
