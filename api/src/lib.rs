@@ -29,7 +29,8 @@ pub mod views;
 
 pub use views::{
     AgentForgotten, AgentState, AgentView, CreateToken, CreatedToken, DeploymentAccepted,
-    DeploymentDetail, DeploymentList, DeploymentView, DuplicateKeyView, HaproxyActionView,
+    DeploymentDetail, DeploymentList, DeploymentView, DuplicateKeyView, FreezeOverrideView,
+    HaproxyActionView, PlannedFreeze,
     HostStats, HostSummary, HostView, JobOutcome, JobStats, PlanView, PlannedHaproxy, PlannedHost,
     PlannedVm, PlaybookCoverage, PlaybookDrift, Resolved, ResolvedHost, StreamEvent,
 };

@@ -183,6 +183,10 @@ pub struct DeploymentView {
     pub changeset: Option<ChangesetBody>,
     /// Why it failed or was aborted.
     pub error: Option<String>,
+    /// Set when it was submitted inside a freeze window with
+    /// `override_freeze`: who overrode which window, when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_override: Option<FreezeOverrideView>,
     /// Only in the detail view.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<DeploymentDetail>,
@@ -297,6 +301,42 @@ pub struct PlanView {
     pub problems: Vec<String>,
     /// Playbook coverage.
     pub playbook: Option<PlaybookCoverage>,
+    /// The freeze window the deployment would fall in, and what a real
+    /// submission would get; absent outside any freeze.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<PlannedFreeze>,
+}
+
+/// The record of a freeze override, stored with the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeOverrideView {
+    /// The window overridden, described (`freeze window 0 (prod*, year-end)`).
+    pub window: String,
+    /// When that window's freeze lifted or lifts, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ends_at: Option<String>,
+    /// The request's `override_freeze`.
+    pub reason: String,
+    /// Token name that overrode.
+    pub by: String,
+    /// When, RFC 3339 (the submission).
+    pub at: String,
+}
+
+/// A dry run inside a freeze window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedFreeze {
+    /// The window, described.
+    pub window: String,
+    /// When its freeze lifts, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// What the real submission would get: `refused` (409: no override),
+    /// `forbidden` (403: this token may not override) or `overridden`
+    /// (202, the override recorded).
+    pub outcome: String,
+    /// The sentence the refusal (or the override) would give.
+    pub message: String,
 }
 
 /// Agent state as users see it.

@@ -1,9 +1,11 @@
 //! Freeze windows: times when deployments to some environments are refused
 //! (`[[freeze]]` in `controller.toml`).
 //!
-//! Built, not wired yet: the deploy endpoint will ask [`FreezeCalendar::active`]
-//! and refuse with 409 naming the window, unless the request carries
-//! `override_freeze` from a token allowed to, which is then recorded.
+//! The deploy endpoint asks [`FreezeCalendar::admit`] (dry runs too): inside
+//! a window it answers 409 naming the window and when it ends, unless the
+//! request carries `override_freeze` from a token allowed to
+//! ([`may_override`]: admin tokens), which is then recorded with the
+//! deployment ([`Override::record`]). A non-admin override is a 403.
 //!
 //! A window is either one period or a recurring one:
 //!
@@ -165,6 +167,12 @@ fn minute_of_week(local: OffsetDateTime) -> u32 {
         + u32::from(local.minute())
 }
 
+/// Who may override a freeze: tokens of role `admin` (docs/API.md). A
+/// deployer token that could override would make the freeze advisory.
+pub fn may_override(role: &str) -> bool {
+    role == "admin"
+}
+
 /// A deployment may go ahead despite a freeze: what to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override<'a> {
@@ -172,13 +180,36 @@ pub struct Override<'a> {
     pub window: &'a Window,
     /// The reason the request gave.
     pub reason: String,
+    /// When the overridden freeze lifts.
+    pub ends_at: Option<OffsetDateTime>,
+}
+
+impl Override<'_> {
+    /// The record stored with the deployment: which window, why, who
+    /// (token name) and when.
+    pub fn record(&self, by: &str, now: OffsetDateTime) -> vesemir_api::FreezeOverrideView {
+        vesemir_api::FreezeOverrideView {
+            window: self.window.describe(),
+            window_ends_at: self.ends_at.and_then(|t| rfc3339(t).ok()),
+            reason: self.reason.clone(),
+            by: by.to_string(),
+            at: rfc3339(now).unwrap_or_default(),
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> Result<String, time::error::Format> {
+    t.to_offset(UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
 }
 
 /// Why a deployment is refused (the API answers 409 with this message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Frozen {
     /// Frozen, and the request gave no override.
-    #[error("deployments to {environment} are frozen by {window}{until}; to deploy anyway give --override-freeze \"REASON\" (override_freeze) with a token allowed to override freezes")]
+    #[error("deployments to {environment} are frozen by {window}{until}; to deploy anyway give \"override_freeze\": \"REASON\" in the request with an admin token (the override is recorded), or wait")]
     Refused {
         /// The environment asked for.
         environment: String,
@@ -188,7 +219,7 @@ pub enum Frozen {
         until: String,
     },
     /// Frozen, and the request's token may not override.
-    #[error("deployments to {environment} are frozen by {window}{until}, and this token may not override freezes: ask someone whose token may, or wait")]
+    #[error("deployments to {environment} are frozen by {window}{until}, and only admin tokens may override a freeze: ask someone with an admin token to submit it with override_freeze, or wait")]
     NotAllowed {
         /// The environment asked for.
         environment: String,
@@ -244,9 +275,9 @@ impl FreezeCalendar {
         let Some(w) = self.active(environment, now) else {
             return Ok(None);
         };
-        let until = w
-            .ends_at(now)
-            .and_then(|t| t.format(&Rfc3339).ok())
+        let ends_at = w.ends_at(now);
+        let until = ends_at
+            .and_then(|t| rfc3339(t).ok())
             .map(|t| format!(" until {t}"))
             .unwrap_or_default();
         let (environment, window) = (environment.to_string(), w.describe());
@@ -264,6 +295,7 @@ impl FreezeCalendar {
             Some(r) => Ok(Some(Override {
                 window: w,
                 reason: r.to_string(),
+                ends_at,
             })),
         }
     }
@@ -618,8 +650,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "deployments to production are frozen by freeze window 0 (prod*, weekend) until \
-             2026-12-07T07:00:00Z; to deploy anyway give --override-freeze \"REASON\" \
-             (override_freeze) with a token allowed to override freezes"
+             2026-12-07T07:00:00Z; to deploy anyway give \"override_freeze\": \"REASON\" \
+             in the request with an admin token (the override is recorded), or wait"
         );
         assert!(matches!(
             cal.admit("production", sat, Some("INC-42 hotfix"), false),
@@ -630,6 +662,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((o.window.index, o.reason.as_str()), (0, "INC-42 hotfix"));
+        assert_eq!(
+            o.record("admin", sat),
+            vesemir_api::FreezeOverrideView {
+                window: "freeze window 0 (prod*, weekend)".into(),
+                window_ends_at: Some("2026-12-07T07:00:00Z".into()),
+                reason: "INC-42 hotfix".into(),
+                by: "admin".into(),
+                at: "2026-12-05T12:34:56Z".into(),
+            }
+        );
+        assert!(may_override("admin") && !may_override("deployer") && !may_override(""));
         // Outside the window an override is not needed and nothing is recorded.
         let tue = datetime!(2026-12-08 12:00 UTC);
         assert_eq!(cal.admit("production", tue, Some("x"), true), Ok(None));

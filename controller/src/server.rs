@@ -75,9 +75,15 @@ pub enum ServerError {
     /// Endpoint.
     #[error(transparent)]
     Endpoint(#[from] quic::EndpointError),
-    /// A controller.toml section this version parses but does not enforce.
-    #[error("controller.toml has {0}, which this controller does not enforce yet; remove the section to start")]
-    NotEnforced(&'static str),
+    /// `[[freeze]]` or `[notify]` unusable (checked at load too; this is
+    /// a config built in code, or a secret file changed since).
+    #[error("controller.toml {section}: {message}")]
+    Policy {
+        /// `freeze` or `notify`.
+        section: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Inventory source unusable.
     #[error("inventory: {0}")]
     Inventory(String),
@@ -330,15 +336,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     notify: Notifier,
 ) -> Result<(), ServerError> {
-    // Parsed and checked at load, but not enforced yet: refuse to serve
-    // rather than let an operator believe a freeze or a webhook is in force.
-    if !cfg.freeze.is_empty() || cfg.notify.is_some() {
-        return Err(ServerError::NotEnforced(if cfg.freeze.is_empty() {
-            "[notify]"
-        } else {
-            "[[freeze]]"
-        }));
-    }
+    // Checked at load; parsed again here so a bad one stops the start
+    // before anything is bound.
+    let freeze = crate::freeze::FreezeCalendar::new(&cfg.freeze).map_err(|e| {
+        ServerError::Policy {
+            section: "[[freeze]]",
+            message: e.to_string(),
+        }
+    })?;
+    let notify_secret = match &cfg.notify {
+        None => None,
+        Some(n) => Some(crate::notify::read_secret(&n.secret_file).map_err(|message| {
+            ServerError::Policy {
+                section: "[notify] secret_file",
+                message,
+            }
+        })?),
+    };
     let dd = DataDir {
         root: cfg.data_dir.clone(),
     };
@@ -417,8 +431,45 @@ pub async fn serve(
         tokio::spawn(fleet.clone().run_revocation_sync(Duration::from_secs(2)));
     }
     let inventory = inventory.map(Arc::new);
-    let deployments =
-        crate::deploy::Deployments::new(store.clone(), fleet.clone(), inventory.clone());
+    // Webhooks: a background sender with a bounded queue; deliveries still
+    // queued or in flight at shutdown are dropped.
+    let webhook_stop = tokio_util::sync::CancellationToken::new();
+    let mut webhook_task = None;
+    let webhooks = match (&cfg.notify, notify_secret) {
+        (Some(n), Some(secret)) => {
+            let http = crate::notify::Notifier::http_client(n.timeout).map_err(|e| {
+                ServerError::Policy {
+                    section: "[notify]",
+                    message: format!("cannot build the webhook HTTP client: {e}"),
+                }
+            })?;
+            let (notifier, task) = crate::notify::Notifier::start(
+                crate::notify::Settings::from_config(n, secret),
+                http,
+                webhook_stop.clone(),
+            );
+            webhook_task = Some(task);
+            tracing::info!(
+                defaults = n.webhooks.len(),
+                queue = n.queue,
+                "webhooks enabled"
+            );
+            Some(crate::deploy::Webhooks {
+                notifier,
+                defaults: n.webhooks.clone(),
+            })
+        }
+        _ => None,
+    };
+    if !freeze.windows().is_empty() {
+        tracing::info!(windows = freeze.windows().len(), "freeze windows in force");
+    }
+    let deployments = crate::deploy::Deployments::new(
+        store.clone(),
+        fleet.clone(),
+        inventory.clone(),
+        crate::deploy::Policies { freeze, webhooks },
+    );
     let state = Arc::new(AppState {
         store: store.clone(),
         fleet: fleet.clone(),
@@ -469,6 +520,10 @@ pub async fn serve(
     deployments.stop_all();
     if !deployments.wait_stopped(Duration::from_secs(10)).await {
         tracing::warn!("some deployments did not stop within 10s; they resume on the next start");
+    }
+    webhook_stop.cancel();
+    if let Some(t) = webhook_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     let _ = stop_tx.send(true);
     fleet.close_all();

@@ -201,6 +201,7 @@ fn new_dep<'a>(id: &'a str, app: &'a str, key: Option<&'a str>) -> NewDeployment
         idempotency_key: key,
         request: "{}",
         changeset_version: Some("v1"),
+        freeze_override: None,
     }
 }
 

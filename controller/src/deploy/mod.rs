@@ -8,6 +8,11 @@
 //!   ramp, or maint on failure), resumption after a controller restart.
 //! - [`logs`]: the batched, ordered log writer.
 //!
+//! Around the orchestrator, [`Policies`] from `controller.toml`: freeze
+//! windows are checked at submission ([`Deployments::submit`], dry runs in
+//! [`Deployments::freeze_check`]), webhooks are queued at the start and the
+//! end of a deployment ([`Deployments::notify`]) and never waited for.
+//!
 //! Invariant: every decision the orchestrator makes is written to the store
 //! before it acts on it (host started with its job id, rotation state before
 //! touching HAProxy), so a controller killed at any point can resume: it asks
@@ -22,7 +27,9 @@ pub mod request;
 pub mod rollout;
 
 use crate::fleet::Fleet;
+use crate::freeze::{FreezeCalendar, Frozen};
 use crate::inventory::InventorySource;
+use crate::notify::{DeploymentSummary, Notifier, NotifyEvent, WebhookBody};
 use crate::store::{Inserted, NewDeployment, Store, StoreError};
 use request::{DeployRequest, FieldError};
 use std::collections::HashMap;
@@ -48,9 +55,30 @@ pub enum SubmitError {
     /// Another deployment of the same application and environment runs.
     #[error("deployment {0} of this application and environment is running; wait for it or cancel it with `vesemir deployments cancel {0}`")]
     Running(String),
+    /// Inside a freeze window without an override this token may give.
+    #[error(transparent)]
+    Frozen(#[from] Frozen),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What `controller.toml` enforces around deployments besides the request.
+#[derive(Default)]
+pub struct Policies {
+    /// `[[freeze]]`: when submissions are refused.
+    pub freeze: FreezeCalendar,
+    /// `[notify]`: None when the controller sends no webhooks (then a
+    /// request's `notify` is refused: nothing could sign it).
+    pub webhooks: Option<Webhooks>,
+}
+
+/// The webhook side of [`Policies`].
+pub struct Webhooks {
+    /// The bounded background sender.
+    pub notifier: Notifier,
+    /// `[notify] webhooks`: told about every deployment.
+    pub defaults: Vec<vesemir_api::WebhookSpec>,
 }
 
 /// The deployments service: owns the running orchestrators.
@@ -68,6 +96,8 @@ pub struct Deployments {
     /// Stops every orchestrator (controller shutdown): they stop where they
     /// are, the store says where, and the next start resumes.
     pub(crate) shutdown: CancellationToken,
+    /// Freeze windows and webhooks.
+    policies: Policies,
 }
 
 impl Deployments {
@@ -76,6 +106,7 @@ impl Deployments {
         store: Store,
         fleet: Arc<Fleet>,
         inventory: Option<Arc<InventorySource>>,
+        policies: Policies,
     ) -> Arc<Deployments> {
         Arc::new(Deployments {
             store,
@@ -85,13 +116,76 @@ impl Deployments {
             log_version: tokio::sync::watch::channel(0).0,
             agent_wait: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
+            policies,
         })
     }
 
     /// Validates the request.
     pub fn validate(&self, req: &DeployRequest) -> Result<(), FieldError> {
         req.validate()?;
-        not_acted_on_yet(req)
+        not_acted_on_yet(req)?;
+        if !req.notify.is_empty() && self.policies.webhooks.is_none() {
+            return Err(FieldError {
+                field: "notify".into(),
+                message: "this controller sends no webhooks: it has no [notify] section \
+                          (the secret webhooks are signed with) in controller.toml; \
+                          ask its operator to add one, or remove notify from the request"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The freeze verdict for `req` from a token of `role` at `now`:
+    /// `Ok(None)` outside any freeze, the override to record, or why not.
+    pub fn freeze_check(
+        &self,
+        req: &DeployRequest,
+        by: &str,
+        role: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<vesemir_api::FreezeOverrideView>, Frozen> {
+        let verdict = self.policies.freeze.admit(
+            &req.environment,
+            now,
+            req.override_freeze.as_deref(),
+            crate::freeze::may_override(role),
+        )?;
+        Ok(verdict.map(|o| o.record(by, now)))
+    }
+
+    /// What a dry run reports about freezes: None outside any.
+    pub fn planned_freeze(
+        &self,
+        req: &DeployRequest,
+        by: &str,
+        role: &str,
+        now: time::OffsetDateTime,
+    ) -> Option<vesemir_api::PlannedFreeze> {
+        let w = self.policies.freeze.active(&req.environment, now)?;
+        let ends_at = w.ends_at(now).and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+        let (outcome, message) = match self.freeze_check(req, by, role, now) {
+            Ok(Some(o)) => (
+                "overridden",
+                format!(
+                    "{} is overridden by {}: {:?} (recorded with the deployment)",
+                    o.window, o.by, o.reason
+                ),
+            ),
+            // Cannot happen (a window is active), but say so plainly.
+            Ok(None) => ("overridden", format!("{} is not in force", w.describe())),
+            Err(e @ Frozen::Refused { .. }) => ("refused", e.to_string()),
+            Err(e @ Frozen::NotAllowed { .. }) => ("forbidden", e.to_string()),
+        };
+        Some(vesemir_api::PlannedFreeze {
+            window: w.describe(),
+            ends_at,
+            outcome: outcome.into(),
+            message,
+        })
     }
 
     /// Refuses a request naming a playbook that hosts of its plan lack
@@ -116,17 +210,24 @@ impl Deployments {
         }
     }
 
-    /// Validates, stores and starts a deployment.
+    /// Validates, checks the freeze windows, stores and starts a
+    /// deployment from the token named `requested_by` of role `role`.
     pub async fn submit(
         self: &Arc<Self>,
         req: &DeployRequest,
         requested_by: &str,
+        role: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, SubmitError> {
         self.validate(req).map_err(SubmitError::Invalid)?;
+        let now = time::OffsetDateTime::now_utc();
+        let freeze_override = self.freeze_check(req, requested_by, role, now)?;
         self.check_playbook_on_hosts(req)
             .await
             .map_err(SubmitError::Invalid)?;
+        let freeze_json = freeze_override
+            .as_ref()
+            .map(|o| serde_json::to_string(o).expect("plain data serializes"));
         let id = uuid::Uuid::now_v7().to_string();
         // Version-tagged, so a later change to the request can still read it.
         let request = vesemir_api::StoredRequest::new(req.clone()).to_json();
@@ -141,11 +242,15 @@ impl Deployments {
                 idempotency_key,
                 request: &request,
                 changeset_version: req.changeset.as_ref().map(|c| c.version.as_str()),
+                freeze_override: freeze_json.as_deref(),
             })
             .await?;
         match inserted {
             Inserted::Created => {
                 tracing::info!(deployment_id = %id, application = %req.application, environment = %req.environment, by = requested_by, "deployment accepted");
+                if let Some(o) = &freeze_override {
+                    tracing::warn!(deployment_id = %id, window = %o.window, by = %o.by, reason = %o.reason, "freeze overridden");
+                }
                 self.spawn(id.clone());
                 Ok(Submitted::Created(id))
             }
@@ -248,6 +353,57 @@ impl Deployments {
         self.log_version.subscribe()
     }
 
+    /// Queues `event` of deployment `id` for the request's and the
+    /// controller's webhooks that want it. Never waits on a receiver (see
+    /// [`crate::notify`]); without `[notify]` it does nothing, and a store
+    /// error only costs the webhook (logged), never the deployment.
+    pub async fn notify(&self, id: &str, event: NotifyEvent, message: Option<&str>) {
+        let Some(hooks) = &self.policies.webhooks else {
+            return;
+        };
+        let summary = async {
+            let Some(row) = self.store.get_deployment(id).await? else {
+                return Ok(None);
+            };
+            let hosts = self.store.deployment_hosts(id).await?;
+            Ok::<_, StoreError>(Some((row, hosts)))
+        };
+        let (row, hosts) = match summary.await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(deployment_id = %id, event = event.as_str(), error = %e, "webhook not sent: cannot read the deployment");
+                return;
+            }
+        };
+        let request = vesemir_api::StoredRequest::parse(&row.request)
+            .map(|r| r.into_request().notify)
+            .unwrap_or_default();
+        let urls = crate::notify::targets(&request, &hooks.defaults, event);
+        if urls.is_empty() {
+            return;
+        }
+        let count = |status: &str| hosts.iter().filter(|h| h.status == status).count() as u32;
+        let summary = DeploymentSummary {
+            id: row.id.clone(),
+            application: row.application.clone(),
+            environment: row.environment.clone(),
+            team: row.team.clone(),
+            requested_by: row.requested_by.clone(),
+            changeset_version: row.changeset_version.clone(),
+            hosts_total: u32::try_from(row.hosts_total).unwrap_or(0),
+            hosts_succeeded: count("succeeded"),
+            hosts_failed: count("failed") + count("unreachable"),
+        };
+        let body = WebhookBody::new(
+            event,
+            time::OffsetDateTime::now_utc(),
+            summary,
+            message.map(str::to_string),
+        );
+        hooks.notifier.notify(&urls, &body);
+    }
+
     /// Number of orchestrators running in this process.
     pub fn running_count(&self) -> usize {
         self.running.lock().expect("running lock").len()
@@ -260,9 +416,9 @@ impl Deployments {
 }
 
 /// The progressive-delivery fields parse and validate (api crate), but the
-/// orchestrator does not act on them yet: a request using one is refused, so
-/// nobody believes a canary, a rollback, a pause or a webhook guarded a
-/// rollout that ran without it.
+/// orchestrator does not act on most of them yet: a request using one is
+/// refused, so nobody believes a canary, a rollback or a pause guarded a
+/// rollout that ran without it. `notify` and `override_freeze` are acted on.
 fn not_acted_on_yet(req: &DeployRequest) -> Result<(), FieldError> {
     let used = [
         ("canary", req.canary.is_some()),
@@ -273,8 +429,6 @@ fn not_acted_on_yet(req: &DeployRequest) -> Result<(), FieldError> {
             "progress_deadline_seconds",
             req.progress_deadline_seconds.is_some(),
         ),
-        ("notify", !req.notify.is_empty()),
-        ("override_freeze", req.override_freeze.is_some()),
     ];
     match used.iter().find(|(_, on)| *on) {
         Some((field, _)) => Err(FieldError {
@@ -299,8 +453,15 @@ mod not_yet_tests {
     }
 
     #[test]
-    fn a_plain_request_passes_and_each_unwired_field_is_refused_by_name() {
+    fn plain_notify_and_override_pass_and_each_unwired_field_is_refused_by_name() {
         assert_eq!(not_acted_on_yet(&request("")), Ok(()));
+        // Acted on: webhooks and the freeze override.
+        for wired in [
+            r#","notify":[{"url":"https://hooks.example.com/x","events":["started"]}]"#,
+            r#","override_freeze":"hotfix""#,
+        ] {
+            assert_eq!(not_acted_on_yet(&request(wired)), Ok(()), "{wired}");
+        }
         for (extra, field) in [
             (r#","canary":{"hosts":1}"#, "canary"),
             (r#","on_failure":"rollback""#, "on_failure"),
@@ -310,11 +471,6 @@ mod not_yet_tests {
                 r#","progress_deadline_seconds":60"#,
                 "progress_deadline_seconds",
             ),
-            (
-                r#","notify":[{"url":"https://hooks.example.com/x","events":["started"]}]"#,
-                "notify",
-            ),
-            (r#","override_freeze":"hotfix""#, "override_freeze"),
         ] {
             let e = not_acted_on_yet(&request(extra)).expect_err(field);
             assert_eq!(e.field, field);

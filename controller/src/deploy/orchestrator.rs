@@ -14,6 +14,7 @@ use super::rollout::{
 };
 use super::rollout::{Rotation, Step};
 use super::Deployments;
+use crate::notify::NotifyEvent;
 use crate::store::{HaproxyActionRow, HostRow, NewHost, StoreError};
 use serde_json::json;
 use std::collections::HashMap;
@@ -92,7 +93,8 @@ async fn run_inner(
         d.log_version.clone(),
     );
 
-    let result = drive(d, id, &row.status, req, &log, &wake).await;
+    let override_record = row.freeze_override.as_deref();
+    let result = drive(d, id, &row.status, override_record, req, &log, &wake).await;
     drop(log);
     let _ = writer.await;
     d.log_version.send_modify(|v| *v = v.wrapping_add(1));
@@ -103,6 +105,7 @@ async fn drive(
     d: &Arc<Deployments>,
     id: &str,
     status: &str,
+    freeze_override: Option<&str>,
     req: DeployRequest,
     log: &LogWriter,
     wake: &CancellationToken,
@@ -139,12 +142,15 @@ async fn drive(
                 &hosts,
             )
             .await?;
-        log.push(
-            None,
-            "deployment",
-            json!({"status": "running", "hosts": hosts.len(), "query": plan.query}),
-        )
-        .await;
+        // Start hook: the `running` event carries the freeze override (the
+        // log says who deployed through which freeze), then `started` is
+        // queued for the webhooks (never waited for).
+        let mut running = json!({"status": "running", "hosts": hosts.len(), "query": plan.query});
+        if let Some(o) = freeze_override.and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok()) {
+            running["freeze_override"] = o;
+        }
+        log.push(None, "deployment", running).await;
+        d.notify(id, NotifyEvent::Started, None).await;
         for h in hosts.iter().filter(|h| h.status == "unreachable") {
             crate::metrics::host_run("unreachable", None);
             log.push(
@@ -435,7 +441,9 @@ async fn window(ctx: Arc<Ctx>, wake: &CancellationToken) -> Result<(), StoreErro
 }
 
 /// Ends a deployment: the log line first (followers see why), then the
-/// stored status, then the metrics that count finished deployments.
+/// stored status, then the metrics that count finished deployments, then
+/// the webhooks (queued, never waited for; a cancelled deployment is told
+/// as `aborted`).
 async fn end_deployment(
     d: &Deployments,
     log: &LogWriter,
@@ -451,6 +459,16 @@ async fn end_deployment(
     .await;
     d.store.finish_deployment(id, status, error).await?;
     crate::metrics::deployment_finished(&d.store, id).await;
+    let (event, message) = match status {
+        "succeeded" => (NotifyEvent::Succeeded, error.map(str::to_string)),
+        "failed" => (NotifyEvent::Failed, error.map(str::to_string)),
+        "cancelled" => (
+            NotifyEvent::Aborted,
+            Some(error.map_or_else(|| "cancelled".to_string(), |e| format!("cancelled: {e}"))),
+        ),
+        _ => (NotifyEvent::Aborted, error.map(str::to_string)),
+    };
+    d.notify(id, event, message.as_deref()).await;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use super::{json_rejection, query_rejection, ApiError, AppState, Caller};
 use crate::deploy::plan::{batches, make_plan, PlanError};
 use crate::deploy::request::DeployRequest;
 use crate::deploy::{SubmitError, Submitted};
+use crate::freeze::Frozen;
 use crate::fleet::rfc3339;
 use crate::store::{DeploymentRow, HaproxyActionRow, HostRow};
 use axum::extract::{Path, Query, State};
@@ -100,6 +101,10 @@ pub fn deployment_view(
         playbook: r.map(|r| r.playbook.clone()),
         changeset: r.and_then(|r| r.changeset.clone()),
         error: d.error.clone(),
+        freeze_override: d
+            .freeze_override
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
         detail,
     }
 }
@@ -143,10 +148,25 @@ async fn submit(
             .map_err(plan_error)?;
         let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
         let concurrency = req.concurrency_for(names.len());
-        return Ok(Json(plan_view(&req, plan, batches(&req, &names), concurrency)).into_response());
+        let mut view = plan_view(&req, plan, batches(&req, &names), concurrency);
+        // A dry run answers 200 with what a submission would meet: the
+        // freeze is a problem unless this token's override would pass.
+        view.freeze = deployments.planned_freeze(
+            &req,
+            &caller.name,
+            &caller.role,
+            time::OffsetDateTime::now_utc(),
+        );
+        if let Some(f) = view.freeze.as_ref().filter(|f| f.outcome != "overridden") {
+            view.problems.push(f.message.clone());
+        }
+        return Ok(Json(view).into_response());
     }
     let key = idempotency_key(headers)?;
-    match deployments.submit(&req, &caller.name, key.as_deref()).await {
+    match deployments
+        .submit(&req, &caller.name, &caller.role, key.as_deref())
+        .await
+    {
         Ok(Submitted::Created(id)) => Ok((
             StatusCode::ACCEPTED,
             Json(vesemir_api::DeploymentAccepted {
@@ -174,6 +194,16 @@ async fn submit(
         Err(e @ SubmitError::Running(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "deployment_running",
+            e.to_string(),
+        )),
+        Err(SubmitError::Frozen(e @ Frozen::Refused { .. })) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "frozen",
+            e.to_string(),
+        )),
+        Err(SubmitError::Frozen(e @ Frozen::NotAllowed { .. })) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "freeze_override_forbidden",
             e.to_string(),
         )),
         Err(SubmitError::Store(e)) => Err(e.into()),
@@ -234,6 +264,7 @@ fn plan_view(
             sha256: p.sha256,
             unknown: p.unknown,
         }),
+        freeze: None,
     }
 }
 
@@ -389,6 +420,10 @@ pub async fn rollback(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .into_request();
     req.dry_run = false;
+    // An override was given for that deployment, at that time: it does not
+    // carry over. A rollback inside a freeze is refused like any deploy
+    // (docs/API.md says how to redeploy the previous changeset with one).
+    req.override_freeze = None;
     tracing::info!(application = %body.application, environment = %body.environment, to = ?previous.changeset_version, "rollback requested");
     submit(&state, &caller, &headers, req).await
 }
@@ -519,6 +554,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             error: None,
+            freeze_override: None,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct DeploymentRow {
     pub finished_at: Option<i64>,
     /// Why it failed or aborted.
     pub error: Option<String>,
+    /// The freeze override it was submitted with, JSON
+    /// ([`vesemir_api::FreezeOverrideView`]); None outside a freeze.
+    pub freeze_override: Option<String>,
 }
 
 /// A host of a deployment as stored.
@@ -137,6 +140,8 @@ pub struct NewDeployment<'a> {
     pub request: &'a str,
     /// Changeset version.
     pub changeset_version: Option<&'a str>,
+    /// The freeze override's record, JSON, when it overrides one.
+    pub freeze_override: Option<&'a str>,
 }
 
 /// A host in a new plan.
@@ -155,7 +160,7 @@ pub struct NewHost {
 
 const DEPLOYMENT_COLUMNS: &str = "id, application, environment, team, status, requested_by, request, \
     changeset_version, query, haproxy_query, haproxy_vms, hosts_total, cancel_requested, created_at, \
-    started_at, finished_at, error";
+    started_at, finished_at, error, freeze_override";
 
 const HOST_COLUMNS: &str = "position, name, address, server_name, status, step, job_id, rotation, \
     ok, changed, failed, unreachable, skipped, started_at, finished_at, error";
@@ -179,6 +184,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRow, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         error: r.try_get("error")?,
+        freeze_override: r.try_get("freeze_override")?,
     })
 }
 
@@ -233,8 +239,8 @@ impl Store {
         }
         let res = sqlx::query(&self.sql(
             "INSERT INTO deployments (id, application, environment, team, status, requested_by, \
-             idempotency_key, request, changeset_version, created_at, active_key) \
-             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+             idempotency_key, request, changeset_version, created_at, active_key, freeze_override) \
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(d.id)
         .bind(d.application)
@@ -246,6 +252,7 @@ impl Store {
         .bind(d.changeset_version)
         .bind(now_ms())
         .bind(active_key(d.application, d.environment))
+        .bind(d.freeze_override)
         .execute(&self.pool)
         .await;
         match res {
