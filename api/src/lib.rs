@@ -30,7 +30,7 @@ pub mod views;
 pub use views::{
     AgentForgotten, AgentState, AgentView, CreateToken, CreatedToken, DeploymentAccepted,
     DeploymentDetail, DeploymentList, DeploymentView, DuplicateKeyView, FreezeOverrideView,
-    HaproxyActionView, PlannedFreeze,
-    HostStats, HostSummary, HostView, JobOutcome, JobStats, PlanView, PlannedHaproxy, PlannedHost,
-    PlannedVm, PlaybookCoverage, PlaybookDrift, Resolved, ResolvedHost, StreamEvent,
+    HaproxyActionView, HostStats, HostSummary, HostView, JobOutcome, JobStats, PlanView,
+    PlannedFreeze, PlannedHaproxy, PlannedHost, PlannedVm, PlaybookCoverage, PlaybookDrift,
+    Resolved, ResolvedHost, StreamEvent,
 };

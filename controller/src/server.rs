@@ -338,20 +338,19 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     // Checked at load; parsed again here so a bad one stops the start
     // before anything is bound.
-    let freeze = crate::freeze::FreezeCalendar::new(&cfg.freeze).map_err(|e| {
-        ServerError::Policy {
+    let freeze =
+        crate::freeze::FreezeCalendar::new(&cfg.freeze).map_err(|e| ServerError::Policy {
             section: "[[freeze]]",
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let notify_secret = match &cfg.notify {
         None => None,
-        Some(n) => Some(crate::notify::read_secret(&n.secret_file).map_err(|message| {
-            ServerError::Policy {
+        Some(n) => Some(
+            crate::notify::read_secret(&n.secret_file).map_err(|message| ServerError::Policy {
                 section: "[notify] secret_file",
                 message,
-            }
-        })?),
+            })?,
+        ),
     };
     let dd = DataDir {
         root: cfg.data_dir.clone(),

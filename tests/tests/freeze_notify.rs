@@ -70,7 +70,10 @@ async fn post(f: &LocalFleet, token: &str, body: &Value) -> Result<(u16, Value)>
 }
 
 fn message(v: &Value) -> String {
-    v["error"]["message"].as_str().unwrap_or_default().to_string()
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,8 +95,19 @@ async fn a_freeze_refuses_with_409_and_admits_a_recorded_admin_override() -> Res
     ensure!(v["error"]["code"] == "frozen", "{v}");
     let m = message(&v);
     ensure!(
-        m.contains(window) && m.contains("until 2099-01-01T00:00:00Z") && m.contains("override_freeze"),
+        m.contains(window)
+            && m.contains("until 2099-01-01T00:00:00Z")
+            && m.contains("override_freeze"),
         "{m}"
+    );
+
+    // Without [notify] a request's webhooks cannot be signed: refused.
+    let mut hooked = body.clone();
+    hooked["notify"] = json!([{"url": "http://127.0.0.1:9/hook"}]);
+    let (status, v) = post(&f, f.token(), &hooked).await?;
+    ensure!(
+        status == 422 && message(&v).contains("no [notify] section"),
+        "{status} {v}"
     );
 
     // A dry run reports it (200, the freeze a problem).
@@ -106,9 +120,9 @@ async fn a_freeze_refuses_with_409_and_admits_a_recorded_admin_override() -> Res
         "{v}"
     );
     ensure!(
-        v["problems"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|p| p.contains(window)))),
+        v["problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains(window)))),
         "{v}"
     );
 
@@ -158,7 +172,8 @@ async fn a_freeze_refuses_with_409_and_admits_a_recorded_admin_override() -> Res
         .text()
         .await?;
     ensure!(
-        logs.lines().any(|l| l.contains("freeze_override") && l.contains("INC-7 hotfix")),
+        logs.lines()
+            .any(|l| l.contains("freeze_override") && l.contains("INC-7 hotfix")),
         "{logs}"
     );
     Ok(())
@@ -242,7 +257,11 @@ impl Receiver {
                 return Ok(at);
             }
             if Instant::now() > deadline {
-                bail!("{} got {} of {n} requests at {path}: {at:?}", self.url, at.len());
+                bail!(
+                    "{} got {} of {n} requests at {path}: {at:?}",
+                    self.url,
+                    at.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -344,10 +363,8 @@ async fn a_webhook_that_is_down_or_hangs_delays_nothing() -> Result<()> {
         format!("http://{}", l.local_addr()?)
     };
     // An attempt may take a minute: far longer than the deployment.
-    let f = fleet(
-        "[notify]\nsecret_file = \"webhook.secret\"\ntimeout = \"60s\"\nattempts = 3\n",
-    )
-    .await?;
+    let f = fleet("[notify]\nsecret_file = \"webhook.secret\"\ntimeout = \"60s\"\nattempts = 3\n")
+        .await?;
     let cs = f.publish("1.0.0")?;
     let mut body = f.deploy_request(&cs);
     body["notify"] = json!([
@@ -357,7 +374,9 @@ async fn a_webhook_that_is_down_or_hangs_delays_nothing() -> Result<()> {
     ]);
     let id = f.submit(&body).await?;
     // `started` reaches the hanging receiver, which holds it unanswered.
-    hanging.wait_for("/hang", 1, Duration::from_secs(20)).await?;
+    hanging
+        .wait_for("/hang", 1, Duration::from_secs(20))
+        .await?;
     let d = f.wait_deployment(&id, DEPLOY).await?;
     ensure!(d["status"] == "succeeded", "{d}\n{}", f.logs(40));
     // The deployment ended while the hanging receiver still holds a request

@@ -219,7 +219,17 @@ async fn deployments_are_exclusive_per_app_and_env_and_idempotent(s: Store) -> R
     ensure!(
         s.insert_deployment(&new_dep("d3", "shop", None)).await? == Inserted::Running("d1".into())
     );
-    ensure!(s.insert_deployment(&new_dep("d4", "blog", None)).await? == Inserted::Created);
+    // A freeze override's record is stored with the deployment.
+    let record = r#"{"window":"freeze window 0 (prod, r)","reason":"INC-1","by":"admin","at":"2026-12-06T00:00:00Z"}"#;
+    let d4 = NewDeployment {
+        freeze_override: Some(record),
+        ..new_dep("d4", "blog", None)
+    };
+    ensure!(s.insert_deployment(&d4).await? == Inserted::Created);
+    let row = s.get_deployment("d4").await?.context("d4")?;
+    ensure!(row.freeze_override.as_deref() == Some(record), "{row:?}");
+    let row = s.get_deployment("d1").await?.context("d1")?;
+    ensure!(row.freeze_override.is_none(), "{row:?}");
     ensure!(s.unfinished_deployments().await? == ["d1", "d4"]);
     ensure!(s.request_cancel("d1").await?);
     s.finish_deployment("d1", "succeeded", None).await?;

@@ -146,7 +146,9 @@ async fn drive(
         // log says who deployed through which freeze), then `started` is
         // queued for the webhooks (never waited for).
         let mut running = json!({"status": "running", "hosts": hosts.len(), "query": plan.query});
-        if let Some(o) = freeze_override.and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok()) {
+        if let Some(o) =
+            freeze_override.and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+        {
             running["freeze_override"] = o;
         }
         log.push(None, "deployment", running).await;
@@ -459,15 +461,7 @@ async fn end_deployment(
     .await;
     d.store.finish_deployment(id, status, error).await?;
     crate::metrics::deployment_finished(&d.store, id).await;
-    let (event, message) = match status {
-        "succeeded" => (NotifyEvent::Succeeded, error.map(str::to_string)),
-        "failed" => (NotifyEvent::Failed, error.map(str::to_string)),
-        "cancelled" => (
-            NotifyEvent::Aborted,
-            Some(error.map_or_else(|| "cancelled".to_string(), |e| format!("cancelled: {e}"))),
-        ),
-        _ => (NotifyEvent::Aborted, error.map(str::to_string)),
-    };
+    let (event, message) = crate::notify::end_event(status, error);
     d.notify(id, event, message.as_deref()).await;
     Ok(())
 }

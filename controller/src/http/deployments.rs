@@ -5,8 +5,8 @@ use super::{json_rejection, query_rejection, ApiError, AppState, Caller};
 use crate::deploy::plan::{batches, make_plan, PlanError};
 use crate::deploy::request::DeployRequest;
 use crate::deploy::{SubmitError, Submitted};
-use crate::freeze::Frozen;
 use crate::fleet::rfc3339;
+use crate::freeze::Frozen;
 use crate::store::{DeploymentRow, HaproxyActionRow, HostRow};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -196,11 +196,9 @@ async fn submit(
             "deployment_running",
             e.to_string(),
         )),
-        Err(SubmitError::Frozen(e @ Frozen::Refused { .. })) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "frozen",
-            e.to_string(),
-        )),
+        Err(SubmitError::Frozen(e @ Frozen::Refused { .. })) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "frozen", e.to_string()))
+        }
         Err(SubmitError::Frozen(e @ Frozen::NotAllowed { .. })) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "freeze_override_forbidden",

@@ -1,8 +1,11 @@
 //! Webhooks: a deployment's events posted as signed JSON to the URLs of the
 //! request's `notify` and of `[notify]` in `controller.toml`.
 //!
-//! Built, not wired yet: the orchestrator will call [`Notifier::notify`] at
-//! each event; the server will start the [`Notifier`] from [`NotifyConfig`].
+//! Wired: `serve` starts the [`Notifier`] from [`NotifyConfig`]; the
+//! orchestrator queues `started` when a deployment starts and the event of
+//! its end ([`end_event`]) when it ends. `paused`, `canary_passed`,
+//! `canary_failed` and `rolled_back` are accepted in requests but never
+//! fire yet (they come with the canary and pauses).
 //!
 //! - [`WebhookBody`]: the JSON posted (a boundary: receivers parse it).
 //! - [`sign`]: `X-Vesemir-Signature: sha256=HEX`, HMAC-SHA256 of the exact
@@ -217,6 +220,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The event and message a deployment's end status is told as: a
+/// cancelled deployment is `aborted` ("cancelled…"); the stored error, if
+/// any, is the message.
+pub fn end_event(status: &str, error: Option<&str>) -> (NotifyEvent, Option<String>) {
+    match status {
+        "succeeded" => (NotifyEvent::Succeeded, error.map(str::to_string)),
+        "failed" => (NotifyEvent::Failed, error.map(str::to_string)),
+        "cancelled" => (
+            NotifyEvent::Aborted,
+            Some(error.map_or_else(|| "cancelled".to_string(), |e| format!("cancelled: {e}"))),
+        ),
+        _ => (NotifyEvent::Aborted, error.map(str::to_string)),
+    }
+}
+
 /// The URLs to post `event` to: the request's webhooks then the
 /// controller's, each URL once, those whose events include it.
 pub fn targets<'a>(
@@ -300,6 +318,37 @@ mod tests {
         assert_eq!(
             targets(&req, &ctl, NotifyEvent::Succeeded),
             ["https://b/2", "https://a/1", "https://c/3"]
+        );
+    }
+
+    #[test]
+    fn end_statuses_map_to_events() {
+        let check = |status, error, event, message: Option<&str>| {
+            assert_eq!(
+                end_event(status, error),
+                (event, message.map(str::to_string)),
+                "{status}"
+            );
+        };
+        check("succeeded", None, NotifyEvent::Succeeded, None);
+        check(
+            "failed",
+            Some("app-2 failed"),
+            NotifyEvent::Failed,
+            Some("app-2 failed"),
+        );
+        check(
+            "aborted",
+            Some("guard"),
+            NotifyEvent::Aborted,
+            Some("guard"),
+        );
+        check("cancelled", None, NotifyEvent::Aborted, Some("cancelled"));
+        check(
+            "cancelled",
+            Some("by ci"),
+            NotifyEvent::Aborted,
+            Some("cancelled: by ci"),
         );
     }
 
