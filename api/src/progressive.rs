@@ -6,8 +6,8 @@
 //! when serializing at that default, so a request written before these
 //! fields existed parses, means and re-serializes the same.
 //!
-//! Built, not wired yet: the controller parses and validates these fields;
-//! the orchestrator does not act on them yet.
+//! The controller parses and validates these fields; it acts on `notify`
+//! and `override_freeze`, and refuses the others until it acts on them.
 
 use crate::deploy::{parse_percent, ConcurrencyLimit, FieldError, MAX_CONCURRENCY};
 use serde::{Deserialize, Serialize};

@@ -46,11 +46,13 @@ pub struct ControllerConfig {
     #[serde(default)]
     pub inventory: Option<PathBuf>,
     /// Webhooks (`[notify]`): the signing secret and the webhooks told
-    /// about every deployment; see [`crate::notify`].
+    /// about every deployment; without it no webhook is sent and requests
+    /// with `notify` are refused. See [`crate::notify`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<crate::notify::NotifyConfig>,
     /// Freeze windows (`[[freeze]]`): when deployments to some environments
-    /// are refused. Checked at load; see [`crate::freeze`].
+    /// are refused (409) unless an admin token overrides. Checked at load;
+    /// see [`crate::freeze`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<crate::freeze::FreezeSpec>,
 }

@@ -11,8 +11,8 @@
 //! - [`http`] — the HTTP API (handlers in one module tree).
 //! - [`inventory`] — Chef server search and static inventories.
 //! - [`deploy`] — rolling deployments: validation, plan, orchestrator, logs.
-//! - [`freeze`] — freeze windows of `[[freeze]]` (built, not wired yet).
-//! - [`notify`] — signed webhooks, bounded background sender (built, not wired yet).
+//! - [`freeze`] — freeze windows of `[[freeze]]`: 409 unless an admin overrides.
+//! - [`notify`] — signed webhooks, bounded background sender.
 //! - [`metrics`] — the Prometheus registry behind `/metrics`.
 //! - [`ui`] — the fleet dashboard at `/ui`, compiled in.
 pub mod config;

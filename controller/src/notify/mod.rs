@@ -7,6 +7,18 @@
 //! `canary_failed` and `rolled_back` are accepted in requests but never
 //! fire yet (they come with the canary and pauses).
 //!
+//! ```toml
+//! [notify]
+//! secret_file = "webhook.secret"   # 0600, >= 16 bytes; relative to data_dir
+//! queue = 1000                     # deliveries waiting at most (more: dropped)
+//! timeout = "5s"                   # one attempt, 100ms-60s
+//! attempts = 6                     # per delivery, 1-20
+//!
+//! [[notify.webhooks]]              # told about every deployment
+//! url = "https://chat.example.com/hooks/deploys"
+//! events = ["failed", "aborted"]   # empty or absent: every event
+//! ```
+//!
 //! - [`WebhookBody`]: the JSON posted (a boundary: receivers parse it).
 //! - [`sign`]: `X-Vesemir-Signature: sha256=HEX`, HMAC-SHA256 of the exact
 //!   body bytes with the secret of `[notify] secret_file`.
