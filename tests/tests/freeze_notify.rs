@@ -101,6 +101,9 @@ async fn a_freeze_refuses_with_409_and_admits_a_recorded_admin_override() -> Res
         "{m}"
     );
 
+    // An Idempotency-Key nobody used does not get around it.
+    let (status, v) = f.post_deployment(&body, Some("freeze-key")).await?;
+    ensure!(status == 409, "{status} {v}");
     // Without [notify] a request's webhooks cannot be signed: refused.
     let mut hooked = body.clone();
     hooked["notify"] = json!([{"url": "http://127.0.0.1:9/hook"}]);
@@ -144,9 +147,14 @@ async fn a_freeze_refuses_with_409_and_admits_a_recorded_admin_override() -> Res
     );
 
     // The admin overrides: accepted, and the override is recorded.
-    let (status, v) = post(&f, f.token(), &with_override).await?;
+    let (status, v) = f
+        .post_deployment(&with_override, Some("freeze-key"))
+        .await?;
     ensure!(status == 202, "{status} {v}");
     let id = v["id"].as_str().context("202 without an id")?.to_string();
+    // A retry with its Idempotency-Key gets that deployment, not a refusal.
+    let (status, v) = f.post_deployment(&body, Some("freeze-key")).await?;
+    ensure!(status == 200 && v["id"] == id.as_str(), "{status} {v}");
     let d = f.wait_deployment(&id, DEPLOY).await?;
     ensure!(d["status"] == "succeeded", "{d}\n{}", f.logs(40));
     let o = &d["freeze_override"];

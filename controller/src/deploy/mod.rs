@@ -221,7 +221,19 @@ impl Deployments {
     ) -> Result<Submitted, SubmitError> {
         self.validate(req).map_err(SubmitError::Invalid)?;
         let now = time::OffsetDateTime::now_utc();
-        let freeze_override = self.freeze_check(req, requested_by, role, now)?;
+        let freeze_override = match self.freeze_check(req, requested_by, role, now) {
+            Ok(o) => o,
+            Err(frozen) => {
+                // A retry of a submission accepted before the freeze began
+                // still gets its deployment, not a refusal.
+                if let Some(key) = idempotency_key {
+                    if let Some(existing) = self.store.deployment_by_idempotency_key(key).await? {
+                        return Ok(Submitted::Existing(existing));
+                    }
+                }
+                return Err(frozen.into());
+            }
+        };
         self.check_playbook_on_hosts(req)
             .await
             .map_err(SubmitError::Invalid)?;

@@ -278,7 +278,11 @@ impl Store {
         }
     }
 
-    async fn deployment_by_idempotency_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+    /// The deployment submitted with `key`, if any.
+    pub async fn deployment_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(&self.sql("SELECT id FROM deployments WHERE idempotency_key = ?"))
             .bind(key)
             .fetch_optional(&self.pool)
