@@ -206,7 +206,7 @@ fn first_false(
     templates: &minijinja::Environment<'static>,
     conds: &[String],
     ctx: &Map<String, Value>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, playbook::TemplateError> {
     for c in conds {
         if !playbook::eval_bool(templates, c, ctx)? {
             return Ok(Some(c.clone()));
@@ -604,18 +604,20 @@ async fn run_item(
     }
     let (cfg, templates, events, cancel) = (walk.cfg, walk.templates, walk.events, walk.cancel);
     let playbook_dir = walk.playbook_dir;
-    let args = match playbook::render_value(templates, args, ctx)
-        .and_then(|v| ModuleArgs::parse(module, &v))
-    {
-        Ok(a) => a,
-        Err(e) => return ModuleOutput::failed(e),
+    let args = match playbook::render_value(templates, args, ctx) {
+        Ok(v) => match ModuleArgs::parse(module, &v) {
+            Ok(a) => a,
+            Err(e) => return ModuleOutput::failed(e.to_string()),
+        },
+        Err(e) => return ModuleOutput::failed(e.to_string()),
     };
     let timeout = match &task.timeout {
         None => cfg.default_task_timeout,
-        Some(t) => match playbook::render_str(templates, t, ctx)
-            .and_then(|s| playbook::parse_duration(&s))
-        {
-            Ok(d) => d,
+        Some(t) => match playbook::render_str(templates, t, ctx) {
+            Ok(s) => match playbook::parse_duration(&s) {
+                Ok(d) => d,
+                Err(e) => return ModuleOutput::failed(format!("timeout: {e}")),
+            },
             Err(e) => return ModuleOutput::failed(format!("timeout: {e}")),
         },
     };
@@ -668,7 +670,7 @@ async fn run_item(
         }
         if let Err(e) = apply_overrides(task, module, templates, ctx, &mut out) {
             out.status = Some(TaskStatus::Failed);
-            out.msg = e;
+            out.msg = e.to_string();
         }
         let Some(until) = &task.until else {
             return out;
@@ -734,6 +736,17 @@ fn as_result(task: &Task, module: &str, out: &ModuleOutput) -> TaskResult {
     }
 }
 
+/// A `changed_when` / `failed_when` that could not be evaluated; the task
+/// fails with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{keyword}: {source}")]
+struct ConditionError {
+    /// Which keyword's expression failed.
+    keyword: &'static str,
+    /// Why it failed.
+    source: playbook::TemplateError,
+}
+
 /// `changed_when` / `failed_when`, evaluated with the task's own result
 /// bound to its `register` name.
 fn apply_overrides(
@@ -742,7 +755,7 @@ fn apply_overrides(
     templates: &minijinja::Environment<'static>,
     ctx: &Map<String, Value>,
     out: &mut ModuleOutput,
-) -> Result<(), String> {
+) -> Result<(), ConditionError> {
     if task.changed_when.is_none() && task.failed_when.is_none() {
         return Ok(());
     }
@@ -755,7 +768,10 @@ fn apply_overrides(
     }
     if let Some(f) = &task.failed_when {
         let failed =
-            playbook::eval_bool(templates, f, &local).map_err(|e| format!("failed_when: {e}"))?;
+            playbook::eval_bool(templates, f, &local).map_err(|source| ConditionError {
+                keyword: "failed_when",
+                source,
+            })?;
         if failed {
             out.status = Some(TaskStatus::Failed);
             out.msg = format!("failed_when `{f}` is true");
@@ -766,8 +782,11 @@ fn apply_overrides(
     }
     if let Some(c) = &task.changed_when {
         if out.status() != TaskStatus::Failed {
-            let changed = playbook::eval_bool(templates, c, &local)
-                .map_err(|e| format!("changed_when: {e}"))?;
+            let changed =
+                playbook::eval_bool(templates, c, &local).map_err(|source| ConditionError {
+                    keyword: "changed_when",
+                    source,
+                })?;
             out.status = Some(if changed {
                 TaskStatus::Changed
             } else {

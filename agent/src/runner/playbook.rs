@@ -412,10 +412,10 @@ fn loc(path: &Path, line0: usize, col0: usize) -> Location {
     }
 }
 
-fn invalid(location: Location, message: impl Into<String>) -> PlaybookError {
+fn invalid(location: Location, message: impl std::fmt::Display) -> PlaybookError {
     PlaybookError::Invalid {
         location,
-        message: message.into(),
+        message: message.to_string(),
     }
 }
 
@@ -751,13 +751,11 @@ pub(crate) fn strip_braces(expr: &str) -> &str {
 /// Module arguments written as `k=v k2=v2` (Ansible's free form), for
 /// modules whose free form is not a command. Quotes are honoured; a
 /// `{{ … }}` template stays one word.
-fn kv_args(s: &str) -> Result<Value, String> {
+fn kv_args(s: &str) -> Result<Value, FreeFormError> {
     let mut out = Map::new();
     for (w, _) in template_words(s)? {
         let Some((k, v)) = w.split_once('=') else {
-            return Err(format!(
-                "`{w}` is not `key=value` (write the arguments as a mapping)"
-            ));
+            return Err(FreeFormError::NotKeyValue(w));
         };
         out.insert(k.to_string(), Value::String(unquote(v)));
     }
@@ -778,7 +776,7 @@ fn unquote(v: &str) -> String {
 /// A word and its byte span in the argument string.
 type Word = (String, (usize, usize));
 
-fn template_words(s: &str) -> Result<Vec<Word>, String> {
+fn template_words(s: &str) -> Result<Vec<Word>, FreeFormError> {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;
@@ -812,7 +810,7 @@ fn template_words(s: &str) -> Result<Vec<Word>, String> {
             i += 1;
         }
         if quote.is_some() {
-            return Err(format!("unterminated quote in `{s}`"));
+            return Err(FreeFormError::UnterminatedQuote(s.to_string()));
         }
         out.push((s[start..i].to_string(), (start, i)));
     }
@@ -824,7 +822,7 @@ const COMMAND_FREE_FORM_KEYS: &[&str] = &["creates", "removes", "chdir"];
 
 /// `command: touch x creates=x` → `{cmd: "touch x", creates: "x"}`; the
 /// command text is kept as written, minus the extracted words.
-fn command_free_form(s: &str) -> Result<Value, String> {
+fn command_free_form(s: &str) -> Result<Value, FreeFormError> {
     let words = template_words(s)?;
     let mut extracted = Map::new();
     let mut cut: Vec<(usize, usize)> = Vec::new();
@@ -842,7 +840,7 @@ fn command_free_form(s: &str) -> Result<Value, String> {
             ]
             .contains(&k)
             {
-                return Err(format!("`{k}=` is not supported by vesemir"));
+                return Err(FreeFormError::Unsupported(k.to_string()));
             }
         }
     }
@@ -1355,13 +1353,12 @@ impl Reader {
     }
 }
 
-/// [`vesemir_daemon::parse_duration`] with the runner's string errors.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    vesemir_daemon::parse_duration(s).map_err(|e| e.to_string())
-}
+/// Task durations (`delay`, `timeout`, `pause`) are read by the one parser
+/// of the workspace: a bare number is seconds, as Ansible reads them.
+pub(crate) use vesemir_daemon::parse_duration;
 
 /// Converts YAML to JSON (string keys only), so one value model is used inside.
-fn yaml_to_json(v: serde_norway::Value) -> Result<Value, String> {
+fn yaml_to_json(v: serde_norway::Value) -> Result<Value, NonStringKey> {
     use serde_norway::Value as Y;
     Ok(match v {
         Y::Null => Value::Null,
@@ -1384,7 +1381,7 @@ fn yaml_to_json(v: serde_norway::Value) -> Result<Value, String> {
                     Y::String(s) => s,
                     Y::Number(n) => n.to_string(),
                     Y::Bool(b) => b.to_string(),
-                    other => return Err(format!("mapping keys must be strings, got {other:?}")),
+                    other => return Err(NonStringKey(format!("{other:?}"))),
                 };
                 out.insert(k, yaml_to_json(v)?);
             }
@@ -1392,6 +1389,121 @@ fn yaml_to_json(v: serde_norway::Value) -> Result<Value, String> {
         }
         Y::Tagged(t) => yaml_to_json(t.value)?,
     })
+}
+
+/// Why free-form module arguments (`copy: src=a dest=b`,
+/// `command: touch x creates=x`) could not be split.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FreeFormError {
+    /// A word without `=` where only `key=value` words are allowed.
+    #[error("`{0}` is not `key=value` (write the arguments as a mapping)")]
+    NotKeyValue(String),
+    /// A quote opened and not closed.
+    #[error("unterminated quote in `{0}`")]
+    UnterminatedQuote(String),
+    /// A `command`/`shell` free-form key that Ansible has and vesemir not.
+    #[error("`{0}=` is not supported by vesemir")]
+    Unsupported(String),
+}
+
+/// A YAML mapping key that is not a scalar (JSON objects have string keys).
+#[derive(Debug, thiserror::Error)]
+#[error("mapping keys must be strings, got {0}")]
+pub(crate) struct NonStringKey(String);
+
+/// Whether an error is about an expression or a template (the message says
+/// which, as the user wrote `when: x` or `"{{ x }}"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextKind {
+    /// A bare expression (`when`, `changed_when`, `that`, …).
+    Expression,
+    /// A string with `{{ }}` / `{% %}` blocks.
+    Template,
+}
+
+impl std::fmt::Display for TextKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TextKind::Expression => "expression",
+            TextKind::Template => "template",
+        })
+    }
+}
+
+/// Why a template or an expression could not be rendered. The message
+/// quotes the text as written, so the user can find it in the playbook.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TemplateError {
+    /// A variable the text uses is not defined: define it in `vars`, pass
+    /// it as a request var or `register` it on an earlier task.
+    #[error("undefined variable `{name}` in `{text}`")]
+    Undefined {
+        /// The dotted name (`r.stdout`) that is missing.
+        name: String,
+        /// The text it is used in.
+        text: String,
+    },
+    /// The text does not compile, or its evaluation failed.
+    #[error("{kind} `{text}`: {detail}")]
+    Invalid {
+        /// Expression or template.
+        kind: TextKind,
+        /// The text as written.
+        text: String,
+        /// minijinja's (or serde's) reason.
+        detail: String,
+    },
+    /// The expression evaluates to an undefined value.
+    #[error("{kind} `{text}` is undefined")]
+    UndefinedValue {
+        /// Expression or template.
+        kind: TextKind,
+        /// The text as written.
+        text: String,
+    },
+    /// Several `{{ }}` blocks where one expression is expected.
+    #[error("expression `{0}`: write one expression (`a and b`), not several `{{{{ }}}}` blocks")]
+    SeveralBlocks(String),
+    /// A loop's items are neither a list nor a template giving one.
+    #[error("`{0}` is not a list")]
+    NotAList(String),
+}
+
+impl TemplateError {
+    fn invalid(kind: TextKind, text: &str, e: &minijinja::Error) -> Self {
+        TemplateError::Invalid {
+            kind,
+            text: text.to_string(),
+            detail: describe(e),
+        }
+    }
+
+    /// The same error reported against the template the expression came
+    /// from (`"{{ x }}"` is evaluated as the expression `x`).
+    fn in_template(self) -> Self {
+        match self {
+            TemplateError::Invalid { text, detail, .. } => TemplateError::Invalid {
+                kind: TextKind::Template,
+                text,
+                detail,
+            },
+            TemplateError::UndefinedValue { text, .. } => TemplateError::UndefinedValue {
+                kind: TextKind::Template,
+                text,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the error is about something undefined (rather than a
+    /// syntax or type error).
+    pub(crate) fn is_undefined(&self) -> bool {
+        match self {
+            TemplateError::Undefined { .. } | TemplateError::UndefinedValue { .. } => true,
+            TemplateError::Invalid { detail, .. } => detail.contains("undefined"),
+            TemplateError::SeveralBlocks(_) | TemplateError::NotAList(_) => false,
+        }
+    }
 }
 
 /// How strictly [`check`] treats things only known at run time.
@@ -1437,7 +1549,7 @@ pub(crate) fn render_value(
     env: &Environment<'_>,
     v: &Value,
     ctx: &Map<String, Value>,
-) -> Result<Value, String> {
+) -> Result<Value, TemplateError> {
     Ok(match v {
         Value::String(s) => render_native(env, s, ctx)?,
         Value::Array(a) => Value::Array(
@@ -1463,15 +1575,14 @@ pub(crate) fn render_native(
     env: &Environment<'_>,
     s: &str,
     ctx: &Map<String, Value>,
-) -> Result<Value, String> {
+) -> Result<Value, TemplateError> {
     let t = s.trim();
     let single = t.starts_with("{{")
         && t.ends_with("}}")
         && t[2..t.len() - 2].find("}}").is_none()
         && t[2..t.len() - 2].find("{{").is_none();
     if single {
-        let v = eval_value(env, &t[2..t.len() - 2], ctx)
-            .map_err(|e| e.replace("expression `", "template `"))?;
+        let v = eval_value(env, &t[2..t.len() - 2], ctx).map_err(TemplateError::in_template)?;
         if matches!(v, Value::Array(_) | Value::Object(_) | Value::Bool(_)) {
             return Ok(v);
         }
@@ -1489,23 +1600,33 @@ pub(crate) fn eval_value(
     env: &Environment<'_>,
     expr: &str,
     ctx: &Map<String, Value>,
-) -> Result<Value, String> {
+) -> Result<Value, TemplateError> {
     let e = env
         .compile_expression(expr.trim())
-        .map_err(|e| format!("expression `{expr}`: {}", describe(&e)))?;
+        .map_err(|e| TemplateError::invalid(TextKind::Expression, expr, &e))?;
     let v =
         e.eval(ctx).map_err(
             |err| match first_undefined(e.undeclared_variables(true), ctx) {
                 Some(name) if err.kind() == minijinja::ErrorKind::UndefinedError => {
-                    format!("undefined variable `{name}` in `{expr}`")
+                    TemplateError::Undefined {
+                        name,
+                        text: expr.to_string(),
+                    }
                 }
-                _ => format!("expression `{expr}`: {}", describe(&err)),
+                _ => TemplateError::invalid(TextKind::Expression, expr, &err),
             },
         )?;
     if v.is_undefined() {
-        return Err(format!("expression `{expr}` is undefined"));
+        return Err(TemplateError::UndefinedValue {
+            kind: TextKind::Expression,
+            text: expr.to_string(),
+        });
     }
-    serde_json::to_value(&v).map_err(|e| format!("expression `{expr}`: {e}"))
+    serde_json::to_value(&v).map_err(|e| TemplateError::Invalid {
+        kind: TextKind::Expression,
+        text: expr.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// Renders one template string, with a message naming undefined variables.
@@ -1513,20 +1634,23 @@ pub(crate) fn render_str(
     env: &Environment<'_>,
     s: &str,
     ctx: &Map<String, Value>,
-) -> Result<String, String> {
+) -> Result<String, TemplateError> {
     if !s.contains("{{") && !s.contains("{%") {
         return Ok(s.to_string());
     }
     let tmpl = env
         .template_from_str(s)
-        .map_err(|e| format!("template `{s}`: {}", describe(&e)))?;
+        .map_err(|e| TemplateError::invalid(TextKind::Template, s, &e))?;
     tmpl.render(ctx).map_err(|e| {
         // Name the culprit when minijinja only says "undefined value".
         match first_undefined(tmpl.undeclared_variables(true), ctx) {
             Some(name) if e.kind() == minijinja::ErrorKind::UndefinedError => {
-                format!("undefined variable `{name}` in `{s}`")
+                TemplateError::Undefined {
+                    name,
+                    text: s.to_string(),
+                }
             }
-            _ => format!("template `{s}`: {}", describe(&e)),
+            _ => TemplateError::invalid(TextKind::Template, s, &e),
         }
     })
 }
@@ -1536,7 +1660,7 @@ pub(crate) fn eval_bool(
     env: &Environment<'_>,
     expr: &str,
     ctx: &Map<String, Value>,
-) -> Result<bool, String> {
+) -> Result<bool, TemplateError> {
     let inner = expr.trim();
     let inner = inner
         .strip_prefix("{{")
@@ -1548,19 +1672,20 @@ pub(crate) fn eval_bool(
         .iter()
         .any(|d| inner.contains(d))
     {
-        return Err(format!(
-            "expression `{expr}`: write one expression (`a and b`), not several `{{{{ }}}}` blocks"
-        ));
+        return Err(TemplateError::SeveralBlocks(expr.to_string()));
     }
     let e = env
         .compile_expression(inner)
-        .map_err(|e| format!("expression `{expr}`: {}", describe(&e)))?;
+        .map_err(|e| TemplateError::invalid(TextKind::Expression, expr, &e))?;
     e.eval(ctx).map(|v| v.is_true()).map_err(|err| {
         match first_undefined(e.undeclared_variables(true), ctx) {
             Some(name) if err.kind() == minijinja::ErrorKind::UndefinedError => {
-                format!("undefined variable `{name}` in `{expr}`")
+                TemplateError::Undefined {
+                    name,
+                    text: expr.to_string(),
+                }
             }
-            _ => format!("expression `{expr}`: {}", describe(&err)),
+            _ => TemplateError::invalid(TextKind::Expression, expr, &err),
         }
     })
 }
@@ -1745,9 +1870,9 @@ fn check_task(
             let rendered = match render_value(env, args, &local) {
                 Ok(r) => Some(r),
                 // A `uri` result's `json` is only known at run time.
-                Err(m) if m.contains("undefined") && args.to_string().contains(".json") => None,
+                Err(m) if m.is_undefined() && args.to_string().contains(".json") => None,
                 Err(m) => {
-                    let l = arg_key_for(args, &m)
+                    let l = arg_key_for(args, &m.to_string())
                         .and_then(|k| t.arg_locs.get(&k).cloned())
                         .unwrap_or_else(|| t.at(module_key(t)));
                     return Err(invalid(l, format!("{label}: {module}: {m}")));
@@ -1789,9 +1914,10 @@ fn check_task(
         Body::Include { tasks, .. } => check_tasks(env, tasks, ctx)?,
     }
     if let Some(to) = &t.timeout {
-        render_str(env, to, &local)
-            .and_then(|s| parse_duration(&s))
-            .map_err(|m| invalid(t.at("timeout"), format!("{label}: timeout: {m}")))?;
+        let bad =
+            |m: &dyn std::fmt::Display| invalid(t.at("timeout"), format!("{label}: timeout: {m}"));
+        let s = render_str(env, to, &local).map_err(|m| bad(&m))?;
+        parse_duration(&s).map_err(|m| bad(&m))?;
     }
     if let Some(r) = &t.register {
         let module = module_name.as_deref().unwrap_or("command");
@@ -1836,9 +1962,13 @@ fn check_task(
 /// [`eval_bool`] at check time. The content of a `uri` result's `json` is
 /// only known at run time, so an undefined field below `.json` is checked
 /// then, not now.
-fn check_eval(env: &Environment<'_>, expr: &str, ctx: &Map<String, Value>) -> Result<bool, String> {
+fn check_eval(
+    env: &Environment<'_>,
+    expr: &str,
+    ctx: &Map<String, Value>,
+) -> Result<bool, TemplateError> {
     match eval_bool(env, expr, ctx) {
-        Err(m) if expr.contains(".json") && m.contains("undefined") => Ok(true),
+        Err(e) if expr.contains(".json") && e.is_undefined() => Ok(true),
         other => other,
     }
 }
@@ -1860,15 +1990,15 @@ pub(crate) fn loop_items(
     items: &Value,
     flatten: bool,
     ctx: &Map<String, Value>,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, TemplateError> {
     let v = render_value(env, items, ctx)?;
     let list = match v {
         Value::Array(a) => a,
         Value::String(s) => match serde_json::from_str::<Value>(&s) {
             Ok(Value::Array(a)) => a,
-            _ => return Err(format!("`{s}` is not a list")),
+            _ => return Err(TemplateError::NotAList(s)),
         },
-        other => return Err(format!("`{other}` is not a list")),
+        other => return Err(TemplateError::NotAList(other.to_string())),
     };
     if !flatten {
         return Ok(list);
@@ -1907,7 +2037,7 @@ mod tests {
     #[test]
     fn stray_braces_in_an_expression_are_an_error_not_a_panic() {
         let e = eval_bool(&environment(), "{{ a }} and {{ b }}", &Map::new()).unwrap_err();
-        assert!(e.contains("one expression"), "{e}");
+        assert!(e.to_string().contains("one expression"), "{e}");
         assert_eq!(
             eval_bool(&environment(), "{{ 1 < 2 }}", &Map::new()),
             Ok(true)

@@ -16,15 +16,54 @@ use super::{
     TemplateArgs,
 };
 
+/// Why a path could not be brought to the state a task asks for. The
+/// message is the task's failure message.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FileError {
+    /// A filesystem call failed; `doing` names the call and its path.
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        source: std::io::Error,
+    },
+    /// Looking up a user or group name failed (not "no such name").
+    #[error("looking up {kind} `{name}`: {source}")]
+    Lookup {
+        kind: &'static str,
+        name: String,
+        source: nix::Error,
+    },
+    /// No user or group has this name: create it first or give a number.
+    #[error("no such {kind} `{name}`")]
+    NoSuch { kind: &'static str, name: String },
+    /// The path is in a state the module will not change; the message
+    /// says what is in the way and, where there is one, the way round it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Wraps an IO error with what was being done.
+fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> FileError {
+    let doing = doing.into();
+    move |source| FileError::Io { doing, source }
+}
+
 /// Resolves `owner`/`group` (names or numeric ids).
-fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>), String> {
+fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>), FileError> {
     let uid = match owner {
         None => None,
         Some(o) => Some(match o.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::User::from_name(o)
-                .map_err(|e| format!("looking up user `{o}`: {e}"))?
-                .ok_or_else(|| format!("no such user `{o}`"))?
+                .map_err(|source| FileError::Lookup {
+                    kind: "user",
+                    name: o.to_string(),
+                    source,
+                })?
+                .ok_or_else(|| FileError::NoSuch {
+                    kind: "user",
+                    name: o.to_string(),
+                })?
                 .uid
                 .as_raw(),
         }),
@@ -34,8 +73,15 @@ fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<
         Some(g) => Some(match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::Group::from_name(g)
-                .map_err(|e| format!("looking up group `{g}`: {e}"))?
-                .ok_or_else(|| format!("no such group `{g}`"))?
+                .map_err(|source| FileError::Lookup {
+                    kind: "group",
+                    name: g.to_string(),
+                    source,
+                })?
+                .ok_or_else(|| FileError::NoSuch {
+                    kind: "group",
+                    name: g.to_string(),
+                })?
                 .gid
                 .as_raw(),
         }),
@@ -49,13 +95,13 @@ fn apply_meta(
     mode: Option<u32>,
     owner: Option<&str>,
     group: Option<&str>,
-) -> Result<bool, String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+) -> Result<bool, FileError> {
+    let meta = fs::symlink_metadata(path).map_err(io(path.display().to_string()))?;
     let mut changed = false;
     if let Some(m) = mode {
         if meta.mode() & 0o7777 != m {
             fs::set_permissions(path, fs::Permissions::from_mode(m))
-                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                .map_err(io(format!("chmod {}", path.display())))?;
             changed = true;
         }
     }
@@ -64,7 +110,7 @@ fn apply_meta(
     let gid = gid.filter(|g| *g != meta.gid());
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::chown(path, uid, gid)
-            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            .map_err(io(format!("chown {}", path.display())))?;
         changed = true;
     }
     Ok(changed)
@@ -78,7 +124,7 @@ pub(crate) fn write_atomic(
     mode: Option<u32>,
     owner: Option<&str>,
     group: Option<&str>,
-) -> Result<bool, String> {
+) -> Result<bool, FileError> {
     let same = fs::read(dest).map(|b| b == bytes).unwrap_or(false);
     if same {
         return apply_meta(dest, mode, owner, group);
@@ -90,26 +136,27 @@ pub(crate) fn write_atomic(
     let mut tmp = tempfile::Builder::new()
         .prefix(".vesemir-")
         .tempfile_in(dir)
-        .map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
+        .map_err(io(format!("temporary file in {}", dir.display())))?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
+        .map_err(io(format!("writing {}", tmp.path().display())))?;
     // Keep an existing file's mode unless one is asked for; tempfile makes 0600.
     let mode = mode.or_else(|| fs::metadata(dest).ok().map(|m| m.mode() & 0o7777));
     let mode = mode.unwrap_or(0o644);
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod: {e}"))?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
     apply_meta(tmp.path(), None, owner, group)?;
-    tmp.persist(dest)
-        .map_err(|e| format!("renaming into {}: {}", dest.display(), e.error))?;
+    tmp.persist(dest).map_err(|e| FileError::Io {
+        doing: format!("renaming into {}", dest.display()),
+        source: e.error,
+    })?;
     Ok(true)
 }
 
-fn outcome(r: Result<bool, String>, what: &str) -> ModuleOutput {
+fn outcome(r: Result<bool, FileError>, what: &str) -> ModuleOutput {
     match r {
         Ok(true) => ModuleOutput::changed(what.to_string()),
         Ok(false) => ModuleOutput::ok(what.to_string()),
-        Err(e) => ModuleOutput::failed(e),
+        Err(e) => ModuleOutput::failed(e.to_string()),
     }
 }
 
@@ -199,7 +246,7 @@ pub(crate) async fn template(a: &TemplateArgs, env: &TaskEnv<'_>) -> ModuleOutpu
 }
 
 /// Points `link` at `target`, atomically replacing an existing symlink.
-pub(crate) fn switch_symlink(link: &Path, target: &Path) -> Result<bool, String> {
+pub(crate) fn switch_symlink(link: &Path, target: &Path) -> Result<bool, FileError> {
     match fs::symlink_metadata(link) {
         Ok(m)
             if m.file_type().is_symlink()
@@ -208,26 +255,26 @@ pub(crate) fn switch_symlink(link: &Path, target: &Path) -> Result<bool, String>
             return Ok(false)
         }
         Ok(m) if m.is_dir() => {
-            return Err(format!(
+            return Err(FileError::Refused(format!(
                 "{} is a directory, refusing to replace it with a link",
                 link.display()
-            ))
+            )))
         }
         _ => {}
     }
     let name = link
         .file_name()
-        .ok_or_else(|| format!("{} has no file name", link.display()))?;
+        .ok_or_else(|| FileError::Refused(format!("{} has no file name", link.display())))?;
     let tmp = link.with_file_name(format!(
         ".{}.vesemir-{}",
         name.to_string_lossy(),
         uuid::Uuid::new_v4().simple()
     ));
     std::os::unix::fs::symlink(target, &tmp)
-        .map_err(|e| format!("creating link {}: {e}", tmp.display()))?;
+        .map_err(io(format!("creating link {}", tmp.display())))?;
     if let Err(e) = fs::rename(&tmp, link) {
         let _ = fs::remove_file(&tmp);
-        return Err(format!("switching {}: {e}", link.display()));
+        return Err(io(format!("switching {}", link.display()))(e));
     }
     Ok(true)
 }
@@ -237,11 +284,16 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
     let p = &a.path;
     let owner = a.owner.as_deref();
     let group = a.group.as_deref();
-    let r: Result<bool, String> = (|| match a.state {
+    let r: Result<bool, FileError> = (|| match a.state {
         FileState::Directory => {
             let created = match fs::symlink_metadata(p) {
                 Ok(m) if m.is_dir() => false,
-                Ok(_) => return Err(format!("{} exists and is not a directory", p.display())),
+                Ok(_) => {
+                    return Err(FileError::Refused(format!(
+                        "{} exists and is not a directory",
+                        p.display()
+                    )))
+                }
                 Err(_) => {
                     // As Ansible: every directory created on the way gets
                     // the mode too, not only the last one.
@@ -255,10 +307,10 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
                         cur = c.parent();
                     }
                     for d in missing.iter().rev() {
-                        fs::create_dir(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+                        fs::create_dir(d).map_err(io(format!("mkdir {}", d.display())))?;
                         if let Some(m) = a.mode {
                             fs::set_permissions(d, fs::Permissions::from_mode(m))
-                                .map_err(|e| format!("chmod {}: {e}", d.display()))?;
+                                .map_err(io(format!("chmod {}", d.display())))?;
                         }
                     }
                     true
@@ -270,20 +322,20 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
             Err(_) => Ok(false),
             Ok(m) if m.is_dir() => fs::remove_dir_all(p)
                 .map(|_| true)
-                .map_err(|e| format!("removing {}: {e}", p.display())),
+                .map_err(io(format!("removing {}", p.display()))),
             Ok(_) => fs::remove_file(p)
                 .map(|_| true)
-                .map_err(|e| format!("removing {}: {e}", p.display())),
+                .map_err(io(format!("removing {}", p.display()))),
         },
         FileState::Symlink => {
             let src = a.src.as_ref().expect("checked at parse");
             let meta = fs::symlink_metadata(p);
             if let Ok(m) = &meta {
                 if m.is_file() && !a.force {
-                    return Err(format!(
+                    return Err(FileError::Refused(format!(
                         "refusing to convert from file to symlink for {} (set `force: true` to replace it)",
                         p.display()
-                    ));
+                    )));
                 }
             }
             let resolved = if src.is_absolute() {
@@ -292,28 +344,31 @@ pub(crate) async fn file(a: &FileArgs, _env: &TaskEnv<'_>) -> ModuleOutput {
                 p.parent().unwrap_or(Path::new("/")).join(src)
             };
             if !a.force && fs::symlink_metadata(&resolved).is_err() {
-                return Err(format!(
+                return Err(FileError::Refused(format!(
                     "src file does not exist, use \"force=yes\" if you really want to create the link: {}",
                     resolved.display()
-                ));
+                )));
             }
             switch_symlink(p, src)
         }
         FileState::File => {
             if fs::symlink_metadata(p).is_err() {
-                return Err(format!("{} does not exist", p.display()));
+                return Err(FileError::Refused(format!(
+                    "{} does not exist",
+                    p.display()
+                )));
             }
             apply_meta(p, a.mode, owner, group)
         }
         FileState::Touch => {
             // Ansible's touch always reports changed: it updates the times.
             if fs::symlink_metadata(p).is_err() {
-                fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+                fs::File::create(p).map_err(io(format!("creating {}", p.display())))?;
             } else {
                 let f = fs::OpenOptions::new()
                     .append(true)
                     .open(p)
-                    .map_err(|e| format!("touching {}: {e}", p.display()))?;
+                    .map_err(io(format!("touching {}", p.display())))?;
                 let _ = f.set_modified(std::time::SystemTime::now());
             }
             apply_meta(p, a.mode, owner, group)?;
@@ -495,7 +550,7 @@ pub(crate) async fn lineinfile(a: &LineinfileArgs) -> ModuleOutput {
     let mut o = match r {
         Ok(c) if c || changed => ModuleOutput::changed(msg),
         Ok(_) => ModuleOutput::ok(msg),
-        Err(e) => ModuleOutput::failed(e),
+        Err(e) => ModuleOutput::failed(e.to_string()),
     };
     o.extra
         .insert("backup".into(), Value::String(String::new()));

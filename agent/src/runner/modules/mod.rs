@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vesemir_protocol::job::{JobEvent, LogStream, TaskStatus};
 
-use super::playbook::parse_duration;
 use super::RunnerConfig;
+use vesemir_daemon::{parse_duration, BadDuration};
 
 mod files;
 mod logic;
@@ -278,6 +278,73 @@ struct Fields {
     map: Map<String, Value>,
 }
 
+/// Why a module's arguments were refused (at check time and at run time:
+/// the message is the task's failure message). Each says which argument
+/// is wrong and what it takes.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ArgsError {
+    /// The module key holds a scalar or a list where a mapping is needed.
+    #[error("`{module}` takes a mapping of arguments")]
+    NotAMapping { module: String },
+    /// An argument that must be a scalar is a list or a mapping.
+    #[error("`{key}` must be a string")]
+    NotAString { key: String },
+    /// A required argument is missing.
+    #[error("`{key}` is required")]
+    Required { key: String },
+    /// A path argument is the empty string.
+    #[error("`{key}` is empty")]
+    Empty { key: String },
+    /// A boolean argument is not one of Ansible's booleans.
+    #[error("`{key}` must be true or false, not `{got}`")]
+    NotABool { key: String, got: String },
+    /// A numeric argument does not parse.
+    #[error("`{key}` must be a number, not `{got}`")]
+    NotANumber { key: String, got: String },
+    /// A duration argument does not parse.
+    #[error("`{key}`: {source}")]
+    Duration { key: String, source: BadDuration },
+    /// A mode argument is not octal.
+    #[error("`{key}`: {source}")]
+    Mode { key: String, source: BadMode },
+    /// A regular expression argument does not compile.
+    #[error("`{key}`: {source}")]
+    Regex { key: String, source: regex::Error },
+    /// An argument the module does not know (a typo, or not supported).
+    #[error("unknown argument `{key}` for `{module}`")]
+    UnknownArgument { key: String, module: String },
+    /// A module name the runner has no implementation for.
+    #[error("unknown module `{0}`")]
+    UnknownModule(String),
+    /// A free-form command line with an open quote.
+    #[error("unterminated quote in `{0}`")]
+    UnterminatedQuote(String),
+    /// `pause`'s free form is not a duration.
+    #[error(transparent)]
+    PauseDuration(#[from] BadDuration),
+    /// A module-specific rule (combinations, unsupported options); the
+    /// message names the argument and the supported alternative.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<&str> for ArgsError {
+    fn from(m: &str) -> Self {
+        ArgsError::Invalid(m.to_string())
+    }
+}
+
+impl From<String> for ArgsError {
+    fn from(m: String) -> Self {
+        ArgsError::Invalid(m)
+    }
+}
+
+/// A file mode that [`parse_mode`] could not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an octal file mode like \"0644\"")]
+pub(crate) struct BadMode(String);
+
 fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -288,87 +355,105 @@ fn scalar(v: &Value) -> Option<String> {
 }
 
 impl Fields {
-    fn new(v: &Value, module: &str) -> Result<Fields, String> {
+    fn new(v: &Value, module: &str) -> Result<Fields, ArgsError> {
         match v {
             Value::Object(m) => Ok(Fields { map: m.clone() }),
             Value::Null => Ok(Fields { map: Map::new() }),
-            _ => Err(format!("`{module}` takes a mapping of arguments")),
+            _ => Err(ArgsError::NotAMapping {
+                module: module.to_string(),
+            }),
         }
     }
-    fn str(&mut self, k: &str) -> Result<Option<String>, String> {
+    fn str(&mut self, k: &str) -> Result<Option<String>, ArgsError> {
         match self.map.remove(k) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => scalar(&v)
                 .map(Some)
-                .ok_or_else(|| format!("`{k}` must be a string")),
+                .ok_or_else(|| ArgsError::NotAString { key: k.to_string() }),
         }
     }
-    fn req(&mut self, k: &str) -> Result<String, String> {
-        self.str(k)?.ok_or_else(|| format!("`{k}` is required"))
+    fn req(&mut self, k: &str) -> Result<String, ArgsError> {
+        self.str(k)?
+            .ok_or_else(|| ArgsError::Required { key: k.to_string() })
     }
-    fn path(&mut self, k: &str) -> Result<Option<PathBuf>, String> {
+    fn path(&mut self, k: &str) -> Result<Option<PathBuf>, ArgsError> {
         Ok(self.str(k)?.map(PathBuf::from))
     }
-    fn req_path(&mut self, k: &str) -> Result<PathBuf, String> {
+    fn req_path(&mut self, k: &str) -> Result<PathBuf, ArgsError> {
         let p = self.req(k)?;
         if p.is_empty() {
-            return Err(format!("`{k}` is empty"));
+            return Err(ArgsError::Empty { key: k.to_string() });
         }
         Ok(PathBuf::from(p))
     }
-    fn bool(&mut self, k: &str) -> Result<Option<bool>, String> {
+    fn bool(&mut self, k: &str) -> Result<Option<bool>, ArgsError> {
         match self.str(k)?.as_deref() {
             None => Ok(None),
             Some("true" | "True" | "yes" | "on" | "1") => Ok(Some(true)),
             Some("false" | "False" | "no" | "off" | "0") => Ok(Some(false)),
-            Some(o) => Err(format!("`{k}` must be true or false, not `{o}`")),
+            Some(o) => Err(ArgsError::NotABool {
+                key: k.to_string(),
+                got: o.to_string(),
+            }),
         }
     }
-    fn num<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
+    fn num<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, ArgsError> {
         match self.str(k)? {
             None => Ok(None),
             Some(s) => s
                 .trim()
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("`{k}` must be a number, not `{s}`")),
+                .map_err(|_| ArgsError::NotANumber {
+                    key: k.to_string(),
+                    got: s.clone(),
+                }),
         }
     }
-    fn duration(&mut self, k: &str) -> Result<Option<Duration>, String> {
+    fn duration(&mut self, k: &str) -> Result<Option<Duration>, ArgsError> {
         match self.str(k)? {
             None => Ok(None),
             Some(s) => parse_duration(&s)
                 .map(Some)
-                .map_err(|e| format!("`{k}`: {e}")),
+                .map_err(|source| ArgsError::Duration {
+                    key: k.to_string(),
+                    source,
+                }),
         }
     }
-    fn mode(&mut self, k: &str) -> Result<Option<u32>, String> {
+    fn mode(&mut self, k: &str) -> Result<Option<u32>, ArgsError> {
         match self.str(k)? {
             None => Ok(None),
-            Some(s) => parse_mode(&s).map(Some).map_err(|e| format!("`{k}`: {e}")),
+            Some(s) => parse_mode(&s).map(Some).map_err(|source| ArgsError::Mode {
+                key: k.to_string(),
+                source,
+            }),
         }
     }
-    fn finish(self, module: &str) -> Result<(), String> {
+    fn finish(self, module: &str) -> Result<(), ArgsError> {
         match self.map.keys().next() {
             None => Ok(()),
-            Some(k) => Err(format!("unknown argument `{k}` for `{module}`")),
+            Some(k) => Err(ArgsError::UnknownArgument {
+                key: k.clone(),
+                module: module.to_string(),
+            }),
         }
     }
 }
 
 /// Octal mode from `"0644"`, `"644"` or `"0o644"` (YAML `0644` unquoted
 /// reaches us as the digits 644 and is read as octal too).
-pub(crate) fn parse_mode(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<u32, BadMode> {
     let t = s.trim();
     let t = t.strip_prefix("0o").unwrap_or(t);
     u32::from_str_radix(t, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("`{s}` is not an octal file mode like \"0644\""))
+        .ok_or_else(|| BadMode(s.to_string()))
 }
 
 /// Splits a free-form command line on whitespace, honouring simple quotes.
-pub(crate) fn split_words(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_words(s: &str) -> Result<Vec<String>, ArgsError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -400,7 +485,7 @@ pub(crate) fn split_words(s: &str) -> Result<Vec<String>, String> {
         }
     }
     if quote.is_some() {
-        return Err(format!("unterminated quote in `{s}`"));
+        return Err(ArgsError::UnterminatedQuote(s.to_string()));
     }
     if in_word {
         out.push(cur);
@@ -408,7 +493,7 @@ pub(crate) fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, String> {
+fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, ArgsError> {
     let module = if shell { "shell" } else { "command" };
     let (cmd, mut f) = match v {
         Value::Object(_) => {
@@ -438,7 +523,7 @@ fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, String> {
                 vec![s]
             }
         }
-        _ => return Err(format!("`{module}` takes a command string or a list")),
+        _ => return Err(format!("`{module}` takes a command string or a list").into()),
     };
     if argv.is_empty() || argv[0].is_empty() {
         return Err("empty command".into());
@@ -471,7 +556,7 @@ fn command_args(v: &Value, shell: bool) -> Result<CommandArgs, String> {
 
 impl ModuleArgs {
     /// Types the rendered arguments of module `module`.
-    pub(crate) fn parse(module: &str, v: &Value) -> Result<ModuleArgs, String> {
+    pub(crate) fn parse(module: &str, v: &Value) -> Result<ModuleArgs, ArgsError> {
         Ok(match module {
             "command" => ModuleArgs::Command(command_args(v, false)?),
             "shell" => ModuleArgs::Shell(command_args(v, true)?),
@@ -516,7 +601,7 @@ impl ModuleArgs {
                                 Some((alg, _)) => {
                                     return Err(format!(
                                         "`checksum` algorithm `{alg}` is not supported by vesemir; use `sha256:<hex>`"
-                                    ))
+                                    ).into())
                                 }
                                 None => {
                                     return Err(
@@ -531,7 +616,7 @@ impl ModuleArgs {
                         };
                         if let Some(h) = &sha256 {
                             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                                return Err(format!("the sha256 digest `{h}` is not 64 hex digits"));
+                                return Err(format!("the sha256 digest `{h}` is not 64 hex digits").into());
                             }
                         }
                         ModuleArgs::GetUrl(GetUrlArgs {
@@ -548,7 +633,7 @@ impl ModuleArgs {
                             if f.map.contains_key(k) {
                                 return Err(format!(
                                     "`{k}` is not supported by vesemir's unarchive (it extracts tar.gz itself, refusing unsafe entries; supported: src, dest, remote_src, creates, strip_components)"
-                                ));
+                                ).into());
                             }
                         }
                         ModuleArgs::Unarchive(UnarchiveArgs {
@@ -560,9 +645,9 @@ impl ModuleArgs {
                         })
                     }
                     "lineinfile" => {
-                        let re = |f: &mut Fields, k: &str| -> Result<Option<regex::Regex>, String> {
+                        let re = |f: &mut Fields, k: &str| -> Result<Option<regex::Regex>, ArgsError> {
                             f.str(k)?
-                                .map(|p| regex::Regex::new(&p).map_err(|e| format!("`{k}`: {e}")))
+                                .map(|p| regex::Regex::new(&p).map_err(|source| ArgsError::Regex { key: k.to_string(), source }))
                                 .transpose()
                         };
                         let path = match f.path("path")? {
@@ -576,7 +661,7 @@ impl ModuleArgs {
                         let present = match f.str("state")?.as_deref() {
                             None | Some("present") => true,
                             Some("absent") => false,
-                            Some(o) => return Err(format!("`state` must be present or absent, not `{o}`")),
+                            Some(o) => return Err(format!("`state` must be present or absent, not `{o}`").into()),
                         };
                         let line = f.str("line")?;
                         if present && line.is_none() {
@@ -587,13 +672,13 @@ impl ModuleArgs {
                         }
                         let insert_after = match f.str("insertafter")?.as_deref() {
                             None | Some("EOF") => None,
-                            Some(p) => Some(regex::Regex::new(p).map_err(|e| format!("`insertafter`: {e}"))?),
+                            Some(p) => Some(regex::Regex::new(p).map_err(|source| ArgsError::Regex { key: "insertafter".into(), source })?),
                         };
                         let insert_before = match f.str("insertbefore")?.as_deref() {
                             None => None,
                             Some("BOF") => Some(InsertBefore::Bof),
                             Some(p) => Some(InsertBefore::Regex(
-                                regex::Regex::new(p).map_err(|e| format!("`insertbefore`: {e}"))?,
+                                regex::Regex::new(p).map_err(|source| ArgsError::Regex { key: "insertbefore".into(), source })?,
                             )),
                         };
                         if insert_after.is_some() && insert_before.is_some() {
@@ -617,7 +702,7 @@ impl ModuleArgs {
                         }
                         let _ = f.bool("get_checksum")?;
                         let _ = f.str("checksum_algorithm")?.map(|a| {
-                            if a == "sha1" { Ok(()) } else { Err(format!("checksum_algorithm `{a}` is not supported by vesemir (sha1)")) }
+                            if a == "sha1" { Ok(()) } else { Err(ArgsError::Invalid(format!("checksum_algorithm `{a}` is not supported by vesemir (sha1)"))) }
                         }).transpose()?;
                         ModuleArgs::Stat(p)
                     }
@@ -626,7 +711,7 @@ impl ModuleArgs {
                         let json_body = match body_format.as_deref() {
                             None | Some("raw") => false,
                             Some("json") => true,
-                            Some(o) => return Err(format!("`body_format` `{o}` is not supported by vesemir (raw, json)")),
+                            Some(o) => return Err(format!("`body_format` `{o}` is not supported by vesemir (raw, json)").into()),
                         };
                         let body = match f.map.remove("body") {
                             None | Some(Value::Null) => None,
@@ -762,7 +847,7 @@ impl ModuleArgs {
                             Some(o) => {
                                 return Err(format!(
                                 "`state` must be directory, link, absent, file or touch, not `{o}`"
-                            ))
+                            ).into())
                             }
                         };
                         if (state == FileState::Symlink) != src.is_some() {
@@ -790,7 +875,7 @@ impl ModuleArgs {
                                 Some(o) => {
                                     return Err(format!(
                                 "`state` must be started, stopped, restarted or reloaded, not `{o}`"
-                            ))
+                            ).into())
                                 }
                             },
                             enabled: f.bool("enabled")?,
@@ -820,7 +905,7 @@ impl ModuleArgs {
                             Some(o) => {
                                 return Err(format!(
                                     "`state` must be started/open or stopped/closed, not `{o}`"
-                                ))
+                                ).into())
                             }
                         },
                         timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(300)),
@@ -834,7 +919,7 @@ impl ModuleArgs {
                         delay: f.duration("delay")?.unwrap_or(Duration::from_secs(1)),
                         timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(10)),
                     }),
-                    other => return Err(format!("unknown module `{other}`")),
+                    other => return Err(ArgsError::UnknownModule(other.to_string())),
                 };
                 f.finish(module)?;
                 args
@@ -1058,7 +1143,7 @@ mod tests {
         let got = ModuleArgs::parse(module, &args);
         match (got, expected) {
             (Ok(g), Ok(e)) => assert_eq!(g, e),
-            (Err(g), Err(e)) => assert!(g.contains(e), "{g} !~ {e}"),
+            (Err(g), Err(e)) => assert!(g.to_string().contains(e), "{g} !~ {e}"),
             (g, e) => panic!("{module} {args}: got {g:?}, expected {e:?}"),
         }
     }

@@ -41,12 +41,17 @@ fn sha256_file(p: &std::path::Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// The HTTP client could not be built (TLS roots or the resolver failed
+/// to initialise on this VM); the task fails with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("http client: {0}")]
+struct ClientError(#[from] reqwest::Error);
+
+fn client(timeout: Duration) -> Result<reqwest::Client, ClientError> {
+    Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .timeout(timeout)
-        .build()
-        .map_err(|e| format!("http client: {e}"))
+        .build()?)
 }
 
 /// `get_url`: download, verify sha256, rename into place.
@@ -92,7 +97,7 @@ pub(crate) async fn get_url(a: &GetUrlArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     };
     let http = match client(a.timeout) {
         Ok(c) => c,
-        Err(e) => return ModuleOutput::failed(e),
+        Err(e) => return ModuleOutput::failed(e.to_string()),
     };
     env.log(format!("downloading {shown}")).await;
     let resp = match http.get(&a.url).send().await {
@@ -154,7 +159,7 @@ pub(crate) async fn uri(a: &super::UriArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     let shown = redact_url(&a.url);
     let http = match client(a.timeout) {
         Ok(c) => c,
-        Err(e) => return ModuleOutput::failed(e),
+        Err(e) => return ModuleOutput::failed(e.to_string()),
     };
     let method = match reqwest::Method::from_bytes(a.method.as_bytes()) {
         Ok(m) => m,
@@ -232,7 +237,7 @@ pub(crate) async fn http_check(a: &HttpCheckArgs, env: &TaskEnv<'_>) -> ModuleOu
     let shown = redact_url(&a.url);
     let http = match client(a.timeout) {
         Ok(c) => c,
-        Err(e) => return ModuleOutput::failed(e),
+        Err(e) => return ModuleOutput::failed(e.to_string()),
     };
     let attempts = a.retries.max(1);
     let mut last = String::new();
