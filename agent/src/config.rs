@@ -130,7 +130,8 @@ impl AgentConfig {
                 format!("{} is not a directory", cfg.data_dir.display()),
             ));
         }
-        vesemir_daemon::check_private_key(&cfg.path(&cfg.key)).map_err(|m| invalid("key", m))?;
+        vesemir_daemon::check_private_key(&cfg.path(&cfg.key))
+            .map_err(|m| invalid("key", m.to_string()))?;
         Ok(cfg)
     }
 

@@ -32,6 +32,17 @@ pub enum SessionEnd {
 /// The daemons' one full-jitter backoff (also what the fleet simulator uses).
 pub use vesemir_daemon::backoff;
 
+/// Why the agent cannot run at all (the process exits with status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job journal in the data directory could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// A `controller`/`controllers` entry in agent.toml is not `HOST:PORT`.
+    #[error("controller {0:?} is not HOST:PORT")]
+    BadController(String),
+}
+
 /// Runs the agent until `shutdown` resolves. `notify` tells systemd
 /// `READY=1` when the first session is connected or the first backoff
 /// starts (an agent waiting for its controller is running as intended;
@@ -41,8 +52,8 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()>,
     notify: Notifier,
-) -> Result<(), String> {
-    let jobs = Arc::new(Jobs::new(&cfg).map_err(|e| e.to_string())?);
+) -> Result<(), RunError> {
+    let jobs = Arc::new(Jobs::new(&cfg)?);
     let _watchdog = notify.watchdog_every().map(|every| {
         // Aborted when `run` returns.
         AbortOnDrop(tokio::spawn(feed_watchdog(
@@ -55,8 +66,7 @@ pub async fn run(
     let targets = addresses
         .iter()
         .map(|a| {
-            crate::config::split_host_port(a)
-                .ok_or_else(|| format!("controller {a:?} is not HOST:PORT"))
+            crate::config::split_host_port(a).ok_or_else(|| RunError::BadController(a.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Several controllers (`controllers` in agent.toml): start on a random
@@ -129,15 +139,38 @@ pub async fn run(
     }
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+/// Why a controller's name gave no address to connect to (the session is
+/// lost and retried with backoff).
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    /// DNS did not answer within 10 s.
+    #[error("resolving {0} timed out")]
+    TimedOut(String),
+    /// DNS answered with an error (no such name, …).
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The name exists but has no address.
+    #[error("{0} has no address")]
+    NoAddress(String),
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ResolveError> {
     let mut addrs = tokio::time::timeout(
         Duration::from_secs(10),
         tokio::net::lookup_host((host, port)),
     )
     .await
-    .map_err(|_| format!("resolving {host} timed out"))?
-    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    addrs.next().ok_or_else(|| format!("{host} has no address"))
+    .map_err(|_| ResolveError::TimedOut(host.to_string()))?
+    .map_err(|source| ResolveError::Lookup {
+        host: host.to_string(),
+        source,
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| ResolveError::NoAddress(host.to_string()))
 }
 
 fn is_revoked_alert(e: &quinn::ConnectionError) -> bool {
@@ -178,7 +211,7 @@ async fn session(
     };
     let addr = match resolve(host, port).await {
         Ok(a) => a,
-        Err(e) => return SessionEnd::Lost(e),
+        Err(e) => return SessionEnd::Lost(e.to_string()),
     };
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().expect("addr")

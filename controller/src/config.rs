@@ -180,10 +180,11 @@ impl ControllerConfig {
             root: cfg.data_dir.clone(),
         };
         for key in [dd.ca_key(), dd.server_key()] {
-            vesemir_daemon::check_private_key(&key).map_err(|m| invalid("data_dir", &m))?;
+            vesemir_daemon::check_private_key(&key)
+                .map_err(|m| invalid("data_dir", &m.to_string()))?;
         }
         if let Some(url) = &cfg.database_url {
-            check_database_url(url).map_err(|m| invalid("database_url", &m))?;
+            check_database_url(url).map_err(|m| invalid("database_url", &m.to_string()))?;
         }
         if let Some(n) = &mut cfg.notify {
             if n.secret_file.is_relative() {
@@ -214,9 +215,17 @@ impl ControllerConfig {
     }
 }
 
+/// A database URL for a backend the store has no migrations for.
+#[derive(Debug, thiserror::Error)]
+#[error("{url:?} is not a database URL this controller supports: use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
+pub struct UnsupportedDatabaseUrl {
+    /// The URL as given.
+    pub url: String,
+}
+
 /// Checks the shape of a database URL before anything connects: the two
 /// backends the store has migrations for. The message says what to write.
-pub fn check_database_url(url: &str) -> Result<(), String> {
+pub fn check_database_url(url: &str) -> Result<(), UnsupportedDatabaseUrl> {
     let ok = url.starts_with("sqlite:")
         || ((url.starts_with("postgres://") || url.starts_with("postgresql://"))
             && url
@@ -225,9 +234,9 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{url:?} is not a database URL this controller supports: use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-        ))
+        Err(UnsupportedDatabaseUrl {
+            url: url.to_string(),
+        })
     }
 }
 

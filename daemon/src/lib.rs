@@ -118,23 +118,43 @@ pub enum ConfigError {
     },
 }
 
+/// A private key that group or others can access ([`check_private_key`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "private key {} is accessible by group or others (mode {mode:04o}); \
+     run `chmod 600 {}` and start again",
+    .path.display(),
+    .path.display()
+)]
+pub struct ExposedKey {
+    /// The key file.
+    pub path: std::path::PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// For callers that still report errors as strings.
+impl From<ExposedKey> for String {
+    fn from(e: ExposedKey) -> String {
+        e.to_string()
+    }
+}
+
 /// Refuses a private key that group or others can read or write, like ssh
 /// does: a key anyone on the VM can read is anyone's identity. A missing
 /// file is not this check's business (the caller reports it where it is
 /// used). The error says the `chmod` to run.
-pub fn check_private_key(path: &std::path::Path) -> Result<(), String> {
+pub fn check_private_key(path: &std::path::Path) -> Result<(), ExposedKey> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(());
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "private key {} is accessible by group or others (mode {mode:04o}); \
-             run `chmod 600 {}` and start again",
-            path.display(),
-            path.display()
-        ));
+        return Err(ExposedKey {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -280,7 +300,11 @@ mod tests {
             let r = super::check_private_key(&key);
             assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
             if let Err(e) = r {
-                assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+                assert!(
+                    e.to_string()
+                        .contains(&format!("chmod 600 {}", key.display())),
+                    "{e}"
+                );
             }
         }
     }

@@ -65,11 +65,17 @@ pub enum PlaybookCommand {
     },
 }
 
-fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, String> {
+/// A `--var` that is not `name=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("--var {0}")]
+struct BadVar(#[from] vesemir_daemon::BadKeyValue);
+
+/// `--var K=V` through the one K=V parser of the workspace.
+fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, BadVar> {
     vars.iter()
-        .map(|kv| match vesemir_daemon::parse_key_value(kv) {
-            Ok((k, v)) => Ok((k.to_string(), v.to_string())),
-            Err(e) => Err(format!("--var {e}")),
+        .map(|kv| {
+            let (k, v) = vesemir_daemon::parse_key_value(kv)?;
+            Ok((k.to_string(), v.to_string()))
         })
         .collect()
 }

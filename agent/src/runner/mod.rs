@@ -247,7 +247,7 @@ pub async fn run_job(
                         replay: false,
                     })
                     .await;
-                let o = failed_outcome(job_id, e);
+                let o = failed_outcome(job_id, e.to_string());
                 let _ = events.send(JobEvent::Finished(o.clone())).await;
                 if let Err(e) = journal.finish(&o) {
                     tracing::error!(job_id, error = %e, "could not record the job's outcome");
@@ -266,82 +266,130 @@ pub async fn run_job(
 /// Largest changeset artifact the agent downloads to read its playbook.
 const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 
+/// Why a changeset-carried playbook could not be made ready; the job fails
+/// with this message and nothing is run.
+#[derive(Debug, thiserror::Error)]
+enum ChangesetError {
+    /// `changeset.playbook` escapes the archive or is not a `.yml` file.
+    #[error("changeset playbook {0:?} is not a safe relative path to a .yml file")]
+    UnsafePath(String),
+    /// A local file operation failed; `doing` names it and its path.
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(reqwest::Error),
+    /// The download failed (`url` is redacted; `why` has no URL).
+    #[error("downloading the changeset {url}: {why}")]
+    Download { url: String, why: String },
+    /// The artifact is over [`MAX_ARTIFACT_BYTES`].
+    #[error("the changeset {url} is larger than {MAX_ARTIFACT_BYTES} bytes")]
+    TooLarge { url: String },
+    /// The artifact is not the one the deployment named.
+    #[error("checksum mismatch for the changeset {url}: expected sha256 {expected}, got {got}; nothing was run")]
+    Checksum {
+        url: String,
+        expected: String,
+        got: String,
+    },
+    /// The unpacking task panicked or was cancelled.
+    #[error("unpacking: {0}")]
+    Unpacking(tokio::task::JoinError),
+    /// The archive has an entry `unarchive` refuses.
+    #[error("the changeset archive was refused: {0}")]
+    Refused(String),
+    /// `changeset.playbook` is not in the archive.
+    #[error("the changeset archive has no playbook `{0}` (changeset.playbook names a file inside the archive)")]
+    NoPlaybook(String),
+    /// `changeset.playbook` is a directory, link or device in the archive.
+    #[error("`{0}` in the changeset archive is not a regular file")]
+    NotAFile(String),
+}
+
+/// Wraps an IO error with what was being done.
+fn io(doing: String) -> impl FnOnce(std::io::Error) -> ChangesetError {
+    move |source| ChangesetError::Io { doing, source }
+}
+
 /// Downloads the changeset's artifact into a private temporary directory,
 /// verifies its sha256 *before* reading anything from it, extracts it there
 /// (with `unarchive`'s refusals) and returns the directory with the path of
 /// the playbook it carries.
-async fn changeset_playbook(cs: &Changeset) -> Result<(tempfile::TempDir, PathBuf), String> {
+async fn changeset_playbook(
+    cs: &Changeset,
+) -> Result<(tempfile::TempDir, PathBuf), ChangesetError> {
     use futures::StreamExt;
     use sha2::Digest;
     use std::io::Write;
     let rel = cs.playbook.as_deref().unwrap_or_default();
     if !vesemir_protocol::job::is_playbook_path(rel) {
-        return Err(format!(
-            "changeset playbook {rel:?} is not a safe relative path to a .yml file"
-        ));
+        return Err(ChangesetError::UnsafePath(rel.to_string()));
     }
     let dir = tempfile::Builder::new()
         .prefix("vesemir-changeset-")
         .tempdir()
-        .map_err(|e| format!("private temporary directory: {e}"))?;
+        .map_err(io("private temporary directory".to_string()))?;
     let shown = modules::redact_url(&cs.url);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .timeout(Duration::from_secs(600))
         .build()
-        .map_err(|e| format!("http client: {e}"))?;
+        .map_err(ChangesetError::Client)?;
     let resp = http
         .get(&cs.url)
         .send()
         .await
-        .map_err(|e| format!("downloading the changeset {shown}: {}", e.without_url()))?;
+        .map_err(|e| ChangesetError::Download {
+            url: shown.clone(),
+            why: e.without_url().to_string(),
+        })?;
     if !resp.status().is_success() {
-        return Err(format!(
-            "downloading the changeset {shown}: HTTP {}",
-            resp.status()
-        ));
+        return Err(ChangesetError::Download {
+            url: shown,
+            why: format!("HTTP {}", resp.status()),
+        });
     }
     let archive = dir.path().join("artifact.tar.gz");
-    let mut file =
-        std::fs::File::create(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let mut file = std::fs::File::create(&archive).map_err(io(archive.display().to_string()))?;
     let mut hasher = sha2::Sha256::new();
     let mut size = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| format!("downloading the changeset {shown}: {}", e.without_url()))?;
+        let chunk = chunk.map_err(|e| ChangesetError::Download {
+            url: shown.clone(),
+            why: e.without_url().to_string(),
+        })?;
         size += chunk.len() as u64;
         if size > MAX_ARTIFACT_BYTES {
-            return Err(format!(
-                "the changeset {shown} is larger than {MAX_ARTIFACT_BYTES} bytes"
-            ));
+            return Err(ChangesetError::TooLarge { url: shown });
         }
         hasher.update(&chunk);
         file.write_all(&chunk)
-            .map_err(|e| format!("{}: {e}", archive.display()))?;
+            .map_err(io(archive.display().to_string()))?;
     }
     let got = hex::encode(hasher.finalize());
     if !got.eq_ignore_ascii_case(&cs.sha256) {
-        return Err(format!(
-            "checksum mismatch for the changeset {shown}: expected sha256 {}, got {got}; nothing was run",
-            cs.sha256
-        ));
+        return Err(ChangesetError::Checksum {
+            url: shown,
+            expected: cs.sha256.clone(),
+            got,
+        });
     }
     let tree = dir.path().join("tree");
-    std::fs::create_dir(&tree).map_err(|e| format!("{}: {e}", tree.display()))?;
+    std::fs::create_dir(&tree).map_err(io(tree.display().to_string()))?;
     let (a, t) = (archive.clone(), tree.clone());
     tokio::task::spawn_blocking(move || modules::unpack_into(&a, &t, 0))
         .await
-        .map_err(|e| format!("unpacking: {e}"))?
-        .map_err(|e| format!("the changeset archive was refused: {e}"))?;
+        .map_err(ChangesetError::Unpacking)?
+        .map_err(ChangesetError::Refused)?;
     let pb = tree.join(rel);
-    let meta = std::fs::symlink_metadata(&pb).map_err(|_| {
-        format!("the changeset archive has no playbook `{rel}` (changeset.playbook names a file inside the archive)")
-    })?;
+    let meta =
+        std::fs::symlink_metadata(&pb).map_err(|_| ChangesetError::NoPlaybook(rel.to_string()))?;
     if !meta.is_file() {
-        return Err(format!(
-            "`{rel}` in the changeset archive is not a regular file"
-        ));
+        return Err(ChangesetError::NotAFile(rel.to_string()));
     }
     Ok((dir, pb))
 }

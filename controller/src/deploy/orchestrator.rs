@@ -487,7 +487,7 @@ async fn read_backend(ctx: &Ctx, vm: &str) -> Result<Vec<BackendServer>, Unreada
         Duration::from_secs(10),
     )
     .await
-    .map_err(Unreadable)?;
+    .map_err(|e| Unreadable(e.to_string()))?;
     if o.status != JobStatus::Succeeded {
         return Err(Unreadable(o.error.unwrap_or_else(|| {
             format!("the read ended {}", o.status.as_str())
@@ -818,7 +818,7 @@ impl HostRun {
                 let started = Instant::now();
                 let res = if agent_ok {
                     tokio::select! {
-                        r = haproxy_job(&d.fleet, &vm, Some(&id), actions, timeout) => r,
+                        r = haproxy_job(&d.fleet, &vm, Some(&id), actions, timeout) => r.map_err(|e| e.to_string()),
                         _ = d.shutdown.cancelled() => Err("the controller is stopping".to_string()),
                     }
                 } else {

@@ -322,6 +322,25 @@ pub async fn make_plan(
     })
 }
 
+/// Why an HAProxy job got no outcome (a failed outcome is an `Ok`).
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyJobError {
+    /// The VM's agent is not connected or the job could not be sent.
+    #[error(transparent)]
+    Dispatch(#[from] crate::fleet::DispatchError),
+    /// The agent ended the stream before `Finished` (it restarted?).
+    #[error("agent {0} closed the job stream without a result")]
+    NoResult(String),
+    /// No outcome within the timeout.
+    #[error("HAProxy VM {vm} did not answer within {timeout:?}")]
+    TimedOut {
+        /// The HAProxy VM.
+        vm: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
 /// Runs HAProxy ops on one VM through its agent; the outcome's output is
 /// the typed list of replies ([`vesemir_protocol::job::JobOutput::Haproxy`]).
 pub async fn haproxy_job(
@@ -330,25 +349,28 @@ pub async fn haproxy_job(
     deployment_id: Option<&str>,
     actions: Vec<HaproxyOp>,
     timeout: Duration,
-) -> Result<JobOutcome, String> {
+) -> Result<JobOutcome, HaproxyJobError> {
     let req = JobRequest {
         job_id: uuid::Uuid::now_v7().to_string(),
         deployment_id: deployment_id.map(str::to_string),
         kind: JobKind::Haproxy(actions),
     };
     let run = async {
-        let mut stream = fleet.start_job(vm, &req).await.map_err(|e| e.to_string())?;
+        let mut stream = fleet.start_job(vm, &req).await?;
         loop {
-            match stream.next().await.map_err(|e| e.to_string())? {
+            match stream.next().await? {
                 Some(JobEvent::Finished(o)) => return Ok(o),
                 Some(_) => {}
-                None => return Err(format!("agent {vm} closed the job stream without a result")),
+                None => return Err(HaproxyJobError::NoResult(vm.to_string())),
             }
         }
     };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| format!("HAProxy VM {vm} did not answer within {timeout:?}"))?
+        .map_err(|_| HaproxyJobError::TimedOut {
+            vm: vm.to_string(),
+            timeout,
+        })?
 }
 
 async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<String>, String> {
@@ -361,7 +383,8 @@ async fn backend_servers(fleet: &Fleet, vm: &str, backend: &str) -> Result<Vec<S
         }],
         Duration::from_secs(15),
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     if out.status != JobStatus::Succeeded {
         return Err(out.error.unwrap_or_else(|| "HAProxy query failed".into()));
     }

@@ -61,6 +61,26 @@ pub struct StaticFile {
     pub hosts: Vec<StaticHost>,
 }
 
+/// Why a static inventory's host list is refused (the file is fixed and
+/// loaded again).
+#[derive(Debug, thiserror::Error)]
+pub enum StaticHostsError {
+    /// A host without a name: give every host a `name`.
+    #[error("a host has an empty name")]
+    EmptyName,
+    /// An attribute key the selector language cannot address.
+    #[error("host {host}: {source}")]
+    Attribute {
+        /// The host carrying the attribute.
+        host: String,
+        /// Why the key is refused.
+        source: InventoryError,
+    },
+    /// Two hosts with one name: names identify hosts, so rename one.
+    #[error("host {0:?} is listed twice")]
+    Duplicate(String),
+}
+
 /// Inventory read from a file once, at load.
 #[derive(Debug, Clone)]
 pub struct StaticInventory {
@@ -91,21 +111,26 @@ impl StaticInventory {
                 ))
             }
         };
-        Self::from_hosts(file.hosts).map_err(err)
+        Self::from_hosts(file.hosts).map_err(|e| err(e.to_string()))
     }
 
     /// Build from hosts; names must be unique and non-empty.
-    pub fn from_hosts(hosts: Vec<StaticHost>) -> Result<Self, String> {
+    pub fn from_hosts(hosts: Vec<StaticHost>) -> Result<Self, StaticHostsError> {
         let mut by_name = BTreeMap::new();
         for h in hosts {
             if h.name.trim().is_empty() {
-                return Err("a host has an empty name".to_string());
+                return Err(StaticHostsError::EmptyName);
             }
             for key in h.attributes.keys() {
-                super::query::attribute_field(key).map_err(|e| format!("host {}: {e}", h.name))?;
+                super::query::attribute_field(key).map_err(|source| {
+                    StaticHostsError::Attribute {
+                        host: h.name.clone(),
+                        source,
+                    }
+                })?;
             }
             if let Some(dup) = by_name.insert(h.name.clone(), h) {
-                return Err(format!("host {:?} is listed twice", dup.name));
+                return Err(StaticHostsError::Duplicate(dup.name));
             }
         }
         Ok(StaticInventory { hosts: by_name })
@@ -252,6 +277,6 @@ mod tests {
     fn duplicate_names_are_refused() {
         let err = StaticInventory::from_hosts(vec![host("a", &[], "p"), host("a", &[], "p")])
             .unwrap_err();
-        assert!(err.contains("listed twice"), "{err}");
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 }
