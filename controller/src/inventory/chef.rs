@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -50,7 +50,7 @@ pub struct ChefConfig {
     #[serde(
         default = "default_timeout",
         deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        serialize_with = "vesemir_daemon::duration::serialize"
     )]
     pub timeout: Duration,
     /// Extra attempts after a connection error or a 5xx.
@@ -66,6 +66,10 @@ fn default_retries() -> u32 {
     3
 }
 
+/// `timeout` as a number of seconds (TOML `10`, `2.5`) or a string read by
+/// the one duration parser ([`vesemir_daemon::parse_duration`]: `"10"`,
+/// `"500ms"`). Unlike [`vesemir_daemon::duration`] it takes bare numbers,
+/// which chef configs have always accepted.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -78,13 +82,9 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Secs(s) => Ok(Duration::from_secs(s)),
         Raw::FracSecs(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
         Raw::FracSecs(s) => Err(serde::de::Error::custom(format!("invalid timeout {s}"))),
-        Raw::Text(t) => humantime::parse_duration(&t)
-            .map_err(|e| serde::de::Error::custom(format!("invalid timeout {t:?}: {e}"))),
+        Raw::Text(t) => vesemir_daemon::parse_duration(&t)
+            .map_err(|e| serde::de::Error::custom(format!("invalid timeout: {e}"))),
     }
-}
-
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 impl ChefConfig {
