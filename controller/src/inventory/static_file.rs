@@ -73,8 +73,8 @@ pub enum StaticHostsError {
     Attribute {
         /// The host carrying the attribute.
         host: String,
-        /// Why the key is refused.
-        source: InventoryError,
+        /// Why the key is refused (boxed: `InventoryError` is large).
+        source: Box<InventoryError>,
     },
     /// Two hosts with one name: names identify hosts, so rename one.
     #[error("host {0:?} is listed twice")]
@@ -125,7 +125,7 @@ impl StaticInventory {
                 super::query::attribute_field(key).map_err(|source| {
                     StaticHostsError::Attribute {
                         host: h.name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
             }
