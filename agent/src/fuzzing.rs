@@ -38,5 +38,5 @@ pub fn render_template(src: &str, vars: &BTreeMap<String, String>) {
 /// every entry passed).
 /// Returns the number of entries unpacked, or the refusal.
 pub fn unarchive(src: &Path, dest: &Path, strip: usize) -> Result<Option<usize>, String> {
-    crate::runner::modules::unarchive::extract(src, dest, strip)
+    crate::runner::modules::unarchive::extract(src, dest, strip).map_err(|e| e.to_string())
 }

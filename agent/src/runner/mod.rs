@@ -300,7 +300,7 @@ enum ChangesetError {
     Unpacking(tokio::task::JoinError),
     /// The archive has an entry `unarchive` refuses.
     #[error("the changeset archive was refused: {0}")]
-    Refused(String),
+    Refused(modules::unarchive::Refusal),
     /// `changeset.playbook` is not in the archive.
     #[error("the changeset archive has no playbook `{0}` (changeset.playbook names a file inside the archive)")]
     NoPlaybook(String),

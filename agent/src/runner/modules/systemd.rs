@@ -5,11 +5,22 @@ use super::process::{run_process, ProcessSpec};
 use super::{ModuleOutput, SystemdArgs, TaskEnv, UnitState};
 use vesemir_protocol::job::TaskStatus;
 
+/// `systemctl` could not be started (not installed, or the runner's
+/// `systemctl` path is wrong); the task fails with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {}: {source}", .systemctl.display())]
+struct SystemctlError {
+    /// The `systemctl` the runner is configured with.
+    systemctl: std::path::PathBuf,
+    /// Why it did not start.
+    source: std::io::Error,
+}
+
 /// Runs `systemctl args…`, streaming its output; returns (rc, stopped, stdout, stderr).
 async fn systemctl(
     env: &TaskEnv<'_>,
     args: &[&str],
-) -> Result<(Option<i32>, bool, String, String), String> {
+) -> Result<(Option<i32>, bool, String, String), SystemctlError> {
     let mut argv = vec![env.cfg.systemctl.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|s| s.to_string()));
     let spec = ProcessSpec {
@@ -20,7 +31,10 @@ async fn systemctl(
     run_process(&spec, env)
         .await
         .map(|p| (p.rc, p.stopped, p.stdout, p.stderr))
-        .map_err(|e| format!("cannot run {}: {e}", env.cfg.systemctl.display()))
+        .map_err(|source| SystemctlError {
+            systemctl: env.cfg.systemctl.clone(),
+            source,
+        })
 }
 
 /// `systemd` module.
@@ -31,7 +45,7 @@ pub(crate) async fn run(a: &SystemdArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     macro_rules! call {
         ($args:expr) => {{
             match systemctl(env, $args).await {
-                Err(e) => return ModuleOutput::failed(e),
+                Err(e) => return ModuleOutput::failed(e.to_string()),
                 Ok((rc, stopped, so, se)) => {
                     out.rc = rc;
                     out.stdout.push_str(&so);
@@ -56,7 +70,7 @@ pub(crate) async fn run(a: &SystemdArgs, env: &TaskEnv<'_>) -> ModuleOutput {
     macro_rules! ask {
         ($args:expr) => {{
             match systemctl(env, $args).await {
-                Err(e) => return ModuleOutput::failed(e),
+                Err(e) => return ModuleOutput::failed(e.to_string()),
                 Ok((_, true, ..)) => {
                     let mut o = ModuleOutput::failed("stopped");
                     o.stopped = true;

@@ -21,8 +21,18 @@ use tar::EntryType;
 
 use super::{ModuleOutput, TaskEnv, UnarchiveArgs};
 
-/// A refused or failed extraction.
-type Refusal = String;
+/// A refused or failed extraction: the message names the entry and why
+/// (an unsafe path or link, or the IO error), and nothing was moved into
+/// the destination.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refusal(String);
+
+impl From<String> for Refusal {
+    fn from(m: String) -> Self {
+        Refusal(m)
+    }
+}
 
 /// The entry path as a safe relative path, after dropping `strip` leading
 /// components (None when nothing is left).
@@ -32,9 +42,11 @@ fn safe_relative(raw: &Path, strip: usize) -> Result<Option<PathBuf>, Refusal> {
         match c {
             Component::Normal(p) => parts.push(p.to_os_string()),
             Component::CurDir => {}
-            Component::ParentDir => return Err(format!("entry `{}` contains `..`", raw.display())),
+            Component::ParentDir => {
+                return Err(format!("entry `{}` contains `..`", raw.display()).into())
+            }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("entry `{}` is an absolute path", raw.display()))
+                return Err(format!("entry `{}` is an absolute path", raw.display()).into())
             }
         }
     }
@@ -88,7 +100,8 @@ fn no_symlink_on_the_way(root: &Path, rel: &Path) -> Result<(), Refusal> {
                     "entry `{}` would be written through the symlink `{}`",
                     rel.display(),
                     p.strip_prefix(root).unwrap_or(&p).display()
-                ));
+                )
+                .into());
             }
         }
     }
@@ -150,7 +163,8 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
                         "symlink `{}` points outside the destination (`{}`)",
                         raw.display(),
                         link.display()
-                    ));
+                    )
+                    .into());
                 }
                 let target = prepare(root, &rel)?;
                 std::os::unix::fs::symlink(&link, &target)
@@ -169,7 +183,7 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
                     )
                 })?
                 else {
-                    return Err(format!("hard link `{}` has an empty target", raw.display()));
+                    return Err(format!("hard link `{}` has an empty target", raw.display()).into());
                 };
                 no_symlink_on_the_way(root, &link_rel)?;
                 let existing = root.join(&link_rel);
@@ -179,7 +193,8 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
                         return Err(format!(
                             "hard link `{}` must point at a regular file unpacked before it",
                             raw.display()
-                        ))
+                        )
+                        .into())
                     }
                 }
                 let target = prepare(root, &rel)?;
@@ -188,10 +203,9 @@ pub(crate) fn unpack_into(src: &Path, root: &Path, strip: usize) -> Result<usize
             }
             EntryType::XGlobalHeader | EntryType::XHeader => continue,
             other => {
-                return Err(format!(
-                    "entry `{}` has unsupported type {other:?}",
-                    raw.display()
-                ))
+                return Err(
+                    format!("entry `{}` has unsupported type {other:?}", raw.display()).into(),
+                )
             }
         }
         count += 1;
@@ -222,7 +236,8 @@ fn check_links_resolve_inside(root: &Path) -> Result<(), Refusal> {
                         return Err(format!(
                             "symlink `{}` resolves outside the destination",
                             p.strip_prefix(root).unwrap_or(&p).display()
-                        ));
+                        )
+                        .into());
                     }
                 }
             } else if ft.is_dir() {
@@ -287,7 +302,8 @@ fn merge(staged: &Path, dest: &Path, rel: &Path) -> Result<(), Refusal> {
                 return Err(format!(
                     "`{}` in the destination is a symlink; refusing to extract through it",
                     r.display()
-                ))
+                )
+                .into())
             }
             Ok(dm) if dm.is_dir() && sm.is_dir() => {
                 merge(staged, dest, &r)?;
@@ -298,7 +314,8 @@ fn merge(staged: &Path, dest: &Path, rel: &Path) -> Result<(), Refusal> {
                 return Err(format!(
                     "`{}` is a directory in the destination and a file in the archive",
                     r.display()
-                ))
+                )
+                .into())
             }
             Ok(_) if sm.is_dir() => {
                 fs::remove_file(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
@@ -318,7 +335,7 @@ pub(crate) fn extract(src: &Path, dest: &Path, strip: usize) -> Result<Option<us
             "dest `{}` must be an existing directory (as in Ansible: create it first, e.g. with              `file: path={} state=directory`)",
             dest.display(),
             dest.display()
-        ));
+        ).into());
     }
     let parent = dest
         .parent()
