@@ -509,6 +509,65 @@ pub struct RollbackRequest {
     pub environment: String,
 }
 
+/// `POST /v1/agents/{name}/run` body: one playbook on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPlaybook {
+    /// A playbook shipped with the agent (`restart.yml`, …).
+    pub playbook: String,
+    /// Variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Changeset, for playbooks that install one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changeset: Option<ChangesetBody>,
+}
+
+impl DeployRequest {
+    /// A request with every optional field at the default the controller
+    /// applies when the field is left out (so a client filling in only what
+    /// its user gave means what leaving the rest out means).
+    pub fn new(application: String, environment: String, team: String, selector: Selector) -> Self {
+        DeployRequest {
+            application,
+            environment,
+            team,
+            selector,
+            haproxy: None,
+            concurrency: default_concurrency(),
+            max_unavailable: None,
+            max_fail_percentage: 0,
+            playbook: default_playbook(),
+            vars: BTreeMap::new(),
+            changeset: None,
+            dry_run: false,
+            job_timeout_seconds: default_job_timeout(),
+            canary: None,
+            on_failure: OnFailure::default(),
+            pause_after_canary: false,
+            pause_after_batches: Vec::new(),
+            progress_deadline_seconds: None,
+            notify: Vec::new(),
+            override_freeze: None,
+        }
+    }
+}
+
+impl HaproxySpec {
+    /// A spec with every optional field at the controller's default.
+    pub fn new(backend: String, selector: Selector) -> Self {
+        HaproxySpec {
+            backend,
+            selector,
+            degradation_seconds: default_degradation(),
+            drain_mode: default_drain_mode(),
+            weights: default_weights(),
+            sleep_seconds: 0,
+            server_name: default_server_name(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,6 +903,27 @@ mod tests {
             serde_json::to_string(&Concurrency::from(ConcurrencyLimit::Count(3))).unwrap(),
             "3"
         );
+    }
+
+    #[test]
+    fn new_means_what_leaving_fields_out_means() {
+        let wire: DeployRequest = serde_json::from_value(serde_json::json!({
+            "application": "pay", "environment": "prod", "team": "t",
+            "selector": {"tags": ["app:pay"]},
+            "haproxy": {"backend": "pay", "selector": {"recipes": ["haproxy"]}}
+        }))
+        .unwrap();
+        let sel = |k: &str, v: &str| {
+            serde_json::from_value::<Selector>(serde_json::json!({ k: [v] })).unwrap()
+        };
+        let mut built = DeployRequest::new(
+            "pay".into(),
+            "prod".into(),
+            "t".into(),
+            sel("tags", "app:pay"),
+        );
+        built.haproxy = Some(HaproxySpec::new("pay".into(), sel("recipes", "haproxy")));
+        assert_eq!(built, wire);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod changeset;
 pub mod deploy;
 pub mod error;
+pub mod events;
 pub mod progressive;
 pub mod selector;
 pub mod stored;
@@ -16,9 +17,10 @@ pub mod stored;
 pub use changeset::{check_changeset, valid_playbook_name, ChangesetBody};
 pub use deploy::{
     parse_percent, render_server_name, Concurrency, ConcurrencyLimit, DeployRequest, FieldError,
-    HaproxySpec, RollbackRequest, ServerNameError, ServerNameInput, MAX_CONCURRENCY,
+    HaproxySpec, RollbackRequest, RunPlaybook, ServerNameError, ServerNameInput, MAX_CONCURRENCY,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use events::{Event, StreamLine};
 pub use progressive::{
     check_http_url, render_prometheus_query, CanaryHosts, CanarySpec, InconclusivePolicy,
     NotifyEvent, OnFailure, PrometheusCheck, WebhookSpec,

@@ -1,12 +1,12 @@
 //! `vesemir agents …`: fleet health for SREs.
 
 use crate::client::Api;
-use crate::Output;
+use crate::{print_json, Output};
 use anyhow::Result;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use serde_json::Value;
 use std::process::ExitCode;
+use vesemir_api::{AgentForgotten, AgentView, ChangesetBody, JobOutcome, RunPlaybook};
 
 #[derive(Subcommand)]
 pub enum AgentsCmd {
@@ -85,83 +85,82 @@ pub fn ago(secs: i64) -> String {
     }
 }
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+fn s(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
 }
 
-fn load(v: &Value) -> String {
-    v["facts"]["load"]
-        .as_array()
+/// A fact of the agent's last heartbeat (facts are free-form JSON).
+fn fact<'a>(a: &'a AgentView, k: &str) -> Option<&'a serde_json::Value> {
+    a.facts.as_ref().and_then(|f| f.get(k))
+}
+
+fn fact_str<'a>(a: &'a AgentView, k: &str) -> &'a str {
+    fact(a, k).and_then(|v| v.as_str()).unwrap_or("-")
+}
+
+fn load(a: &AgentView) -> String {
+    fact(a, "load")
+        .and_then(|v| v.as_array())
         .and_then(|a| a.first())
-        .and_then(Value::as_f64)
+        .and_then(|v| v.as_f64())
         .map(|l| format!("{l:.2}"))
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON value serializes")
-    );
+fn last_seen(a: &AgentView) -> String {
+    a.last_seen_secs_ago
+        .map(ago)
+        .unwrap_or_else(|| "never".into())
 }
 
-fn print_agent(a: &Value) {
+fn print_agent(a: &AgentView) {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    let last = a["last_seen_secs_ago"]
-        .as_i64()
-        .map(ago)
-        .unwrap_or_else(|| "never".into());
-    let rows: Vec<(&str, String)> = vec![
-        ("name", s(&a["name"]).into()),
-        ("state", s(&a["state"]).into()),
-        ("version", s(&a["version"]).into()),
-        ("last seen", format!("{last} ({})", s(&a["last_seen"]))),
-        ("address", s(&a["remote_addr"]).into()),
-        ("first seen", s(&a["first_seen"]).into()),
-        ("hostname", s(&a["facts"]["hostname"]).into()),
-        ("os", s(&a["facts"]["os"]).into()),
-        ("kernel", s(&a["facts"]["kernel"]).into()),
+    let mut rows: Vec<(&str, String)> = vec![
+        ("name", a.name.clone()),
+        ("state", a.state.as_str().into()),
+        ("version", a.version.clone()),
+        ("last seen", format!("{} ({})", last_seen(a), s(&a.last_seen))),
+        ("address", s(&a.remote_addr).into()),
+        ("first seen", a.first_seen.clone()),
+        ("hostname", fact_str(a, "hostname").into()),
+        ("os", fact_str(a, "os").into()),
+        ("kernel", fact_str(a, "kernel").into()),
         (
             "uptime",
-            a["facts"]["uptime_secs"]
-                .as_u64()
+            fact(a, "uptime_secs")
+                .and_then(|v| v.as_u64())
                 .map(|u| format!("{u}s"))
                 .unwrap_or("-".into()),
         ),
         ("load", load(a)),
         (
             "disk free",
-            a["facts"]["disk_free_bytes"]
-                .as_u64()
+            fact(a, "disk_free_bytes")
+                .and_then(|v| v.as_u64())
                 .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
                 .unwrap_or("-".into()),
         ),
         (
             "running jobs",
-            a["facts"]["running_jobs"]
-                .as_array()
+            fact(a, "running_jobs")
+                .and_then(|v| v.as_array())
                 .map(|j| j.len().to_string())
                 .unwrap_or("-".into()),
         ),
-        ("cert serial", s(&a["cert_serial"]).into()),
-        ("cert sha256", s(&a["cert_fingerprint"]).into()),
-        ("cert expires", s(&a["cert_not_after"]).into()),
-        ("revoked", s(&a["revoked_at"]).into()),
+        ("cert serial", a.cert_serial.clone()),
+        ("cert sha256", a.cert_fingerprint.clone()),
+        ("cert expires", a.cert_not_after.clone()),
+        ("revoked", s(&a.revoked_at).into()),
     ];
-    let mut rows = rows;
-    if let Some(d) = a["duplicate_key"].as_object() {
-        let addrs: Vec<&str> = d["addresses"]
-            .as_array()
-            .map(|v| v.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+    if let Some(d) = &a.duplicate_key {
         rows.push((
             "duplicate key",
             format!(
                 "two processes hold this key and take turns: {} ({} takeovers, last {}); stop one",
-                addrs.join(" and "),
-                d["takeovers"],
-                s(&d["last_seen"])
+                d.addresses.join(" and "),
+                d.takeovers,
+                d.last_seen
             ),
         ));
     }
@@ -174,11 +173,11 @@ fn print_agent(a: &Value) {
 pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
     match cmd {
         AgentsCmd::List { output } => {
-            let agents: Value = api
+            let list: Vec<AgentView> = api
                 .json(api.req(reqwest::Method::GET, "/v1/agents"))
                 .await?;
             if output == Output::Json {
-                print_json(&agents);
+                print_json(&list);
                 return Ok(ExitCode::SUCCESS);
             }
             let mut t = Table::new();
@@ -191,18 +190,14 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
                 "LOAD",
                 "ADDRESS",
             ]);
-            let list = agents.as_array().cloned().unwrap_or_default();
             for a in &list {
                 t.add_row(vec![
-                    s(&a["name"]).to_string(),
-                    s(&a["state"]).to_string(),
-                    s(&a["version"]).to_string(),
-                    a["last_seen_secs_ago"]
-                        .as_i64()
-                        .map(ago)
-                        .unwrap_or_else(|| "never".into()),
+                    a.name.clone(),
+                    a.state.as_str().to_string(),
+                    a.version.clone(),
+                    last_seen(a),
                     load(a),
-                    s(&a["remote_addr"]).to_string(),
+                    s(&a.remote_addr).to_string(),
                 ]);
             }
             if list.is_empty() {
@@ -213,7 +208,7 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AgentsCmd::Show { name, output } => {
-            let a: Value = api
+            let a: AgentView = api
                 .json(api.req(reqwest::Method::GET, &format!("/v1/agents/{}", enc(&name))))
                 .await?;
             if output == Output::Json {
@@ -232,16 +227,21 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             changeset_sha256,
             output,
         } => {
-            let vars = parse_vars(&vars)?;
             let changeset = match (changeset_version, changeset_url, changeset_sha256) {
-                (None, None, None) => Value::Null,
-                (Some(v), Some(u), Some(s)) => serde_json::json!({"version": v, "url": u, "sha256": s}),
+                (None, None, None) => None,
+                (Some(version), Some(url), Some(sha256)) => Some(ChangesetBody {
+                    version,
+                    url,
+                    sha256,
+                    playbook: None,
+                }),
                 _ => anyhow::bail!("give all of --changeset-version, --changeset-url and --changeset-sha256, or none"),
             };
-            let mut body = serde_json::json!({"playbook": playbook, "vars": vars});
-            if !changeset.is_null() {
-                body["changeset"] = changeset;
-            }
+            let body = RunPlaybook {
+                playbook,
+                vars: parse_vars(&vars)?,
+                changeset,
+            };
             let resp = api
                 .send(
                     api.stream_req(
@@ -291,11 +291,11 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
                 println!();
                 println!("PLAY RECAP");
                 println!("{}", crate::live::recap(&name, &fin));
-                if let Some(err) = fin["error"].as_str() {
+                if let Some(err) = &fin.error {
                     println!("error: {err}");
                 }
             }
-            Ok(if fin["status"] == "succeeded" {
+            Ok(if fin.status == "succeeded" {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
@@ -308,7 +308,7 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             output,
         } => job(api, &name, &id, follow, output).await,
         AgentsCmd::Forget { name } => {
-            let _: Value = api
+            let _: AgentForgotten = api
                 .json(api.req(
                     reqwest::Method::DELETE,
                     &format!("/v1/agents/{}", enc(&name)),
@@ -318,7 +318,7 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AgentsCmd::Revoke { name, output } => {
-            let a: Value = api
+            let a: AgentView = api
                 .json(api.req(
                     reqwest::Method::POST,
                     &format!("/v1/agents/{}/revoke", enc(&name)),
@@ -338,26 +338,27 @@ pub async fn run(api: &Api, cmd: AgentsCmd) -> Result<ExitCode> {
 pub const JOB_ID_HEADER: &str = "vesemir-job-id";
 
 /// Renders a job's NDJSON events (or prints them raw with `--output json`);
-/// returns the `finished` event and the last `error` message, if any.
+/// returns the job's outcome (its `finished` event) and the last `error`
+/// message, if any.
 async fn follow_events(
     resp: reqwest::Response,
     name: &str,
     output: Output,
-) -> Result<(Option<Value>, Option<String>)> {
+) -> Result<(Option<JobOutcome>, Option<String>)> {
     let mut finished = None;
     let mut error = None;
-    crate::live::each_line(resp, |ev| {
-        if ev["type"] == "error" {
-            error = ev["message"].as_str().map(str::to_string);
+    crate::live::each_line(resp, |raw, ev| {
+        if let vesemir_api::Event::Error { message } = &ev.event {
+            error = Some(message.clone());
         }
         if output == Output::Json {
-            println!("{ev}");
-            if ev["type"] == "finished" {
-                finished = Some(ev);
+            println!("{raw}");
+            if let Some(fin) = crate::live::outcome(&ev.event) {
+                finished = Some(fin);
             }
             return true;
         }
-        if let Some(fin) = crate::live::render(name, &ev) {
+        if let Some(fin) = crate::live::render(name, &ev.event) {
             finished = Some(fin);
         }
         true
@@ -367,10 +368,10 @@ async fn follow_events(
 }
 
 /// Exit code of a job's final status: 0 succeeded, 3 still running, 2 otherwise.
-fn job_exit(status: &Value) -> ExitCode {
-    match status.as_str() {
-        Some("succeeded") => ExitCode::SUCCESS,
-        Some("running") => ExitCode::from(3),
+fn job_exit(status: &str) -> ExitCode {
+    match status {
+        "succeeded" => ExitCode::SUCCESS,
+        "running" => ExitCode::from(3),
         _ => ExitCode::from(2),
     }
 }
@@ -379,20 +380,20 @@ fn job_exit(status: &Value) -> ExitCode {
 async fn job(api: &Api, name: &str, id: &str, follow: bool, output: Output) -> Result<ExitCode> {
     let path = format!("/v1/agents/{}/jobs/{}", enc(name), enc(id));
     if !follow {
-        let o: Value = api.json(api.req(reqwest::Method::GET, &path)).await?;
+        let o: JobOutcome = api.json(api.req(reqwest::Method::GET, &path)).await?;
         if output == Output::Json {
             print_json(&o);
         } else {
-            println!("job {id} on {name}: {}", s(&o["status"]));
+            println!("job {id} on {name}: {}", o.status);
             println!("{}", crate::live::recap(name, &o));
-            if let Some(err) = o["error"].as_str() {
+            if let Some(err) = &o.error {
                 println!("error: {err}");
             }
-            if o["status"] == "running" {
+            if o.status == "running" {
                 println!("still running: follow it with `vesemir agents job {name} {id} --follow`");
             }
         }
-        return Ok(job_exit(&o["status"]));
+        return Ok(job_exit(&o.status));
     }
     if output != Output::Json {
         println!("[{name}] following job {id}");
@@ -416,12 +417,12 @@ async fn job(api: &Api, name: &str, id: &str, follow: bool, output: Output) -> R
                 error.unwrap_or_else(|| "the stream ended before the job finished".into())
             );
         };
-        if fin["status"] == "unknown" {
+        if fin.status == "unknown" {
             anyhow::bail!(
                 "agent {name} has no record of job {id}: check the id (its journal keeps the newest 1000 jobs)"
             );
         }
-        if fin["status"] == "running" && std::time::Instant::now() < deadline {
+        if fin.status == "running" && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         }
@@ -429,11 +430,11 @@ async fn job(api: &Api, name: &str, id: &str, follow: bool, output: Output) -> R
             println!();
             println!("PLAY RECAP");
             println!("{}", crate::live::recap(name, &fin));
-            if let Some(err) = fin["error"].as_str() {
+            if let Some(err) = &fin.error {
                 println!("error: {err}");
             }
         }
-        return Ok(job_exit(&fin["status"]));
+        return Ok(job_exit(&fin.status));
     }
 }
 

@@ -2,11 +2,11 @@
 //! and whether an agent answers for each.
 
 use crate::client::Api;
-use crate::Output;
+use crate::{print_json, Output};
 use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use serde_json::{json, Value};
 use std::process::ExitCode;
+use vesemir_api::{Resolved, Selector};
 
 /// Selector flags (Chef search or static inventory).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -36,13 +36,16 @@ pub struct SelectorArgs {
 
 impl SelectorArgs {
     /// The selector as the API takes it.
-    pub fn to_json(&self) -> Result<Value> {
-        Ok(json!({
-            "tags": self.tags, "not_tags": self.not_tags, "roles": self.roles,
-            "recipes": self.recipes, "environment": self.environment,
-            "attributes": crate::agents::parse_vars(&self.attributes)?,
-            "query": self.query,
-        }))
+    pub fn to_selector(&self) -> Result<Selector> {
+        Ok(Selector {
+            tags: self.tags.clone(),
+            not_tags: self.not_tags.clone(),
+            roles: self.roles.clone(),
+            recipes: self.recipes.clone(),
+            environment: self.environment.clone(),
+            attributes: crate::agents::parse_vars(&self.attributes)?,
+            query: self.query.clone(),
+        })
     }
 }
 
@@ -62,18 +65,18 @@ pub enum InventoryCmd {
 /// Runs `vesemir inventory …`.
 pub async fn run(api: &Api, cmd: InventoryCmd) -> Result<ExitCode> {
     let InventoryCmd::Resolve { selector, output } = cmd;
-    let v: Value = api
+    let v: Resolved = api
         .json(
             api.req(reqwest::Method::POST, "/v1/inventory/resolve")
-                .json(&selector.to_json()?),
+                .json(&selector.to_selector()?),
         )
         .await?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let hosts = v["hosts"].as_array().cloned().unwrap_or_default();
-    println!("query: {}", v["query"].as_str().unwrap_or(""));
+    let hosts = &v.hosts;
+    println!("query: {}", v.query);
     if hosts.is_empty() {
         println!("no hosts match");
         return Ok(ExitCode::SUCCESS);
@@ -81,15 +84,15 @@ pub async fn run(api: &Api, cmd: InventoryCmd) -> Result<ExitCode> {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header(vec!["NAME", "ADDRESS", "ENVIRONMENT", "AGENT"]);
-    for h in &hosts {
-        let agent = match h["agent"].as_str().unwrap_or("none") {
+    for h in hosts {
+        let agent = match h.agent.as_str() {
             "none" => "no agent",
             s => s,
         };
         t.add_row(vec![
-            h["name"].as_str().unwrap_or("-"),
-            h["address"].as_str().unwrap_or("-"),
-            h["environment"].as_str().unwrap_or("-"),
+            h.name.as_str(),
+            h.address.as_str(),
+            h.environment.as_deref().unwrap_or("-"),
             agent,
         ]);
     }

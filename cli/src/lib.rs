@@ -25,3 +25,10 @@ pub enum Output {
     /// JSON.
     Json,
 }
+
+/// `--output json`: an API answer as pretty JSON, keys sorted (as the CLI
+/// has always printed them, whatever order the type declares).
+pub fn print_json(v: &impl serde::Serialize) {
+    let text = serde_json::to_value(v).and_then(|v| serde_json::to_string_pretty(&v));
+    println!("{}", text.expect("API types serialize"));
+}

@@ -92,18 +92,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: TokensCmd::Create { ttl, uses },
         } => {
             let api = api()?;
-            let v: serde_json::Value = api
-                .json(
-                    api.req(reqwest::Method::POST, "/v1/tokens")
-                        .json(&serde_json::json!({"ttl": ttl, "uses": uses})),
-                )
+            let body = vesemir_api::CreateToken {
+                ttl: Some(ttl),
+                uses: Some(uses),
+            };
+            let v: vesemir_api::CreatedToken = api
+                .json(api.req(reqwest::Method::POST, "/v1/tokens").json(&body))
                 .await?;
-            println!("{}", v["token"].as_str().unwrap_or_default());
+            println!("{}", v.token);
             eprintln!(
                 "token {} allows {} enrollment(s), expires {}",
-                v["id"].as_str().unwrap_or_default(),
-                v["uses"],
-                v["expires_at"].as_str().unwrap_or_default()
+                v.id, v.uses, v.expires_at
             );
             Ok(ExitCode::SUCCESS)
         }

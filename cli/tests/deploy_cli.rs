@@ -173,13 +173,22 @@ impl Stand {
     }
 }
 
+/// `GET /v1/deployments/d-1` as the controller answers it (every field
+/// of `vesemir_api::DeploymentView` with its detail).
 fn deployment(status: &str, host_status: &str) -> Value {
     json!({
-        "id": "d-1", "application": "payments", "environment": "production", "status": status,
-        "hosts_total": 1, "error": null,
-        "hosts": [{"name": "web-1", "status": host_status, "step": "deploying",
+        "id": "d-1", "application": "payments", "environment": "production", "team": "pay",
+        "status": status, "requested_by": "admin", "created_at": "2026-01-01T10:00:00Z",
+        "started_at": "2026-01-01T10:00:01Z", "finished_at": null, "duration_ms": null,
+        "query": "tags:app\\:payments", "haproxy_query": null, "haproxy_vms": null,
+        "hosts_total": 1, "cancel_requested": false, "concurrency": 1, "max_unavailable": null,
+        "max_fail_percentage": 0, "playbook": "deploy.yml", "changeset": null, "error": null,
+        "summary": {"pending": 0, "running": 1, "succeeded": 0, "failed": 0, "unreachable": 0, "skipped": 0},
+        "hosts": [{"name": "web-1", "address": "10.0.0.1", "server_name": "web-1",
+                   "status": host_status, "step": "deploying", "job_id": null, "rotation": "in",
                    "stats": {"ok": 4, "changed": 2, "failed": 0, "unreachable": 0, "skipped": 1},
-                   "duration_ms": 2100, "error": null}]
+                   "started_at": null, "finished_at": null, "duration_ms": 2100, "error": null}],
+        "request": null, "haproxy_actions": []
     })
 }
 
@@ -401,10 +410,11 @@ fn dry_run_prints_the_plan_and_fails_on_problems() {
             Reply::Json(
                 200,
                 json!({
-                    "dry_run": true, "query": "tags:app\\:payments", "concurrency": 1, "max_unavailable": 1,
+                    "dry_run": true, "application": "payments", "environment": "production",
+                    "query": "tags:app\\:payments", "haproxy_query": null, "concurrency": 1, "max_unavailable": 1,
                     "hosts": [{"name": "web-1", "address": "10.0.0.1", "server_name": "web-1", "agent": "connected"},
                               {"name": "web-2", "address": "10.0.0.2", "server_name": "web-2", "agent": "none"}],
-                    "batches": [["web-1"], ["web-2"]], "haproxy": null, "problems": problems
+                    "batches": [["web-1"], ["web-2"]], "haproxy": null, "problems": problems, "playbook": null
                 }),
             )
         }),
@@ -443,8 +453,14 @@ fn list_shows_a_table_and_json() {
             Reply::Json(
                 200,
                 json!({"deployments": [{"id": "d-1", "application": "payments", "environment": "production",
-                    "status": "succeeded", "changeset": {"version": "2.4.1"}, "hosts_total": 5,
-                    "started_at": "2026-01-01T10:00:00Z", "duration_ms": 61000, "requested_by": "admin"}], "total": 1}),
+                    "team": "pay", "status": "succeeded", "requested_by": "admin",
+                    "created_at": "2026-01-01T09:59:59Z", "started_at": "2026-01-01T10:00:00Z",
+                    "finished_at": "2026-01-01T10:01:01Z", "duration_ms": 61000, "query": null,
+                    "haproxy_query": null, "haproxy_vms": null, "hosts_total": 5,
+                    "cancel_requested": false, "concurrency": 1, "max_unavailable": null,
+                    "max_fail_percentage": 0, "playbook": "deploy.yml",
+                    "changeset": {"version": "2.4.1", "url": "https://x/p.tgz", "sha256": "ab"},
+                    "error": null}], "total": 1}),
             )
         }),
     )]);

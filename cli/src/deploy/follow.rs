@@ -15,11 +15,11 @@ use crate::client::Api;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use vesemir_api::{DeploymentView, Event, StreamLine};
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub enum Mode {
 
 /// How following ended.
 pub enum Outcome {
-    /// The deployment ended; its final JSON.
-    Finished(Value),
+    /// The deployment ended; its final state.
+    Finished(DeploymentView),
     /// The user pressed Ctrl-C; the deployment goes on.
     Interrupted,
 }
@@ -103,15 +103,15 @@ impl Ui {
         }
     }
 
-    fn event(&mut self, ev: &Value) {
+    /// Shows one line of the log; `raw` is the line as the controller sent it.
+    fn event(&mut self, raw: &str, ev: &StreamLine) {
         if self.mode == Mode::Raw {
-            println!("{ev}");
+            println!("{raw}");
             return;
         }
-        if let (Some(host), "task_started") =
-            (ev["host"].as_str(), ev["type"].as_str().unwrap_or(""))
-        {
-            let task = ev["name"].as_str().unwrap_or("").to_string();
+        if let (Some(host), Event::TaskStarted { name, .. }) = (&ev.host, &ev.event) {
+            let host = host.as_str();
+            let task = name.clone();
             if let Some(bar) = self.hosts.get(host) {
                 let step = bar.message();
                 let step = step.split(" · ").next().unwrap_or("").to_string();
@@ -125,22 +125,23 @@ impl Ui {
     }
 
     /// Redraws the bars from the deployment's state.
-    fn update(&mut self, d: &Value) {
+    fn update(&mut self, d: &DeploymentView) {
         let (Some(mp), Some(total)) = (&self.mp, &self.total) else {
             return;
         };
-        let hosts = d["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let len = d["hosts_total"].as_u64().unwrap_or(hosts.len() as u64);
+        let hosts = d
+            .detail
+            .as_ref()
+            .map(|x| x.hosts.as_slice())
+            .unwrap_or_default();
+        let len = u64::try_from(d.hosts_total).unwrap_or(hosts.len() as u64);
         total.set_length(len.max(hosts.len() as u64));
-        let done = hosts
-            .iter()
-            .filter(|h| view::host_done(h["status"].as_str().unwrap_or("")))
-            .count();
+        let done = hosts.iter().filter(|h| view::host_done(&h.status)).count();
         total.set_position(done as u64);
-        total.set_message(d["status"].as_str().unwrap_or("?").to_string());
+        total.set_message(d.status.clone());
         for h in hosts {
-            let name = h["name"].as_str().unwrap_or("?");
-            if h["status"] == "running" {
+            let name = h.name.as_str();
+            if h.status == "running" {
                 let bar = self.hosts.entry(name.to_string()).or_insert_with(|| {
                     let b = mp.add(ProgressBar::new_spinner());
                     b.set_style(
@@ -151,7 +152,7 @@ impl Ui {
                     b.enable_steady_tick(Duration::from_millis(120));
                     b
                 });
-                let step = h["step"].as_str().unwrap_or("starting");
+                let step = h.step.as_deref().unwrap_or("starting");
                 match self.tasks.get(name) {
                     Some(t) if step == "deploying" && !t.is_empty() => {
                         bar.set_message(format!("{step} · {t}"))
@@ -202,17 +203,18 @@ where
         }
     }
 
-    /// The next object, or `None` at the end of the response.
-    async fn next(&mut self) -> Result<Option<Value>> {
+    /// The next line, as sent and parsed, or `None` at the end of the response.
+    async fn next(&mut self) -> Result<Option<(String, StreamLine)>> {
         loop {
             while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return serde_json::from_slice(&line)
-                    .map(Some)
-                    .context("bad log line from the controller");
+                let parsed: StreamLine =
+                    serde_json::from_slice(&line).context("bad log line from the controller")?;
+                let raw = String::from_utf8_lossy(&line).trim().to_string();
+                return Ok(Some((raw, parsed)));
             }
             if self.buf.len() > 4 * 1024 * 1024 {
                 bail!("log line over 4 MiB from the controller");
@@ -245,15 +247,23 @@ fn logs_path(id: &str, follow: bool, after: Option<u64>) -> String {
     p
 }
 
+/// What the log reader hands the follower.
+enum Msg {
+    /// A line of the log: as sent, and parsed.
+    Line(String, StreamLine),
+    /// The reader's own news (lost the stream, reconnected).
+    Notice(String),
+}
+
 /// Streams the log into `tx`, reconnecting from the last seq, until the
 /// `end` event (sent on too) or the receiver goes away. Transport trouble is
-/// reported as a `_notice` event and retried; only an API refusal (4xx) is
+/// reported as a [`Msg::Notice`] and retried; only an API refusal (4xx) is
 /// fatal.
 async fn stream_logs(
     api: Api,
     id: String,
     mut after: Option<u64>,
-    tx: mpsc::Sender<Value>,
+    tx: mpsc::Sender<Msg>,
 ) -> Result<()> {
     let mut backoff = Duration::from_millis(500);
     let mut told = false;
@@ -266,7 +276,7 @@ async fn stream_logs(
             Ok(r) if r.status().is_success() => {
                 if told {
                     let _ = tx
-                        .send(json!({"type": "_notice", "message": "log stream reconnected"}))
+                        .send(Msg::Notice("log stream reconnected".into()))
                         .await;
                     told = false;
                 }
@@ -274,12 +284,12 @@ async fn stream_logs(
                 let mut lines = Ndjson::new(r.bytes_stream(), STALL);
                 loop {
                     match lines.next().await {
-                        Ok(Some(ev)) => {
-                            if let Some(seq) = ev["seq"].as_u64() {
+                        Ok(Some((raw, ev))) => {
+                            if let Some(seq) = ev.seq {
                                 after = Some(seq);
                             }
-                            let end = ev["type"] == "end";
-                            if tx.send(ev).await.is_err() || end {
+                            let end = matches!(ev.event, Event::End { .. });
+                            if tx.send(Msg::Line(raw, ev)).await.is_err() || end {
                                 return Ok(());
                             }
                         }
@@ -294,10 +304,7 @@ async fn stream_logs(
         };
         if !told {
             let msg = format!("lost the log stream ({problem}); reconnecting…");
-            if tx
-                .send(json!({"type": "_notice", "message": msg}))
-                .await
-                .is_err()
+            if tx.send(Msg::Notice(msg)).await.is_err()
             {
                 return Ok(());
             }
@@ -309,7 +316,7 @@ async fn stream_logs(
 }
 
 /// GET the deployment.
-pub async fn get(api: &Api, id: &str) -> Result<Value> {
+pub async fn get(api: &Api, id: &str) -> Result<DeploymentView> {
     api.json(api.req(
         reqwest::Method::GET,
         &format!("/v1/deployments/{}", crate::agents::enc(id)),
@@ -317,19 +324,20 @@ pub async fn get(api: &Api, id: &str) -> Result<Value> {
     .await
 }
 
-/// Calls `f` for each stored log event after `after` (no follow).
+/// Calls `f` for each stored log line after `after` (no follow), with the
+/// line as sent and parsed.
 pub async fn stored_logs(
     api: &Api,
     id: &str,
     after: Option<u64>,
-    mut f: impl FnMut(Value),
+    mut f: impl FnMut(&str, StreamLine),
 ) -> Result<()> {
     let resp = api
         .send(api.stream_req(reqwest::Method::GET, &logs_path(id, false, after)))
         .await?;
     let mut lines = Ndjson::new(resp.bytes_stream(), STALL);
-    while let Some(ev) = lines.next().await? {
-        f(ev);
+    while let Some((raw, ev)) = lines.next().await? {
+        f(&raw, ev);
     }
     Ok(())
 }
@@ -337,7 +345,7 @@ pub async fn stored_logs(
 /// Follows deployment `id` until it ends or Ctrl-C.
 pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
     let mut ui = Ui::new(mode);
-    let (tx, mut rx) = mpsc::channel::<Value>(1024);
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let reader = tokio::spawn(stream_logs(api.clone(), id.to_string(), None, tx));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -351,16 +359,16 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) if ev["type"] == "end" => {
+                Some(Msg::Line(_, ev)) if matches!(ev.event, Event::End { .. }) => {
                     ended = true;
                     break;
                 }
-                Some(ev) if ev["type"] == "_notice" => ui.notice(ev["message"].as_str().unwrap_or("")),
-                Some(ev) => {
-                    if let Some(seq) = ev["seq"].as_u64() {
+                Some(Msg::Notice(m)) => ui.notice(&m),
+                Some(Msg::Line(raw, ev)) => {
+                    if let Some(seq) = ev.seq {
                         last_seq = Some(seq);
                     }
-                    ui.event(&ev);
+                    ui.event(&raw, &ev);
                 }
                 // The reader gave up: its error is returned below.
                 None => break,
@@ -369,7 +377,7 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
                 Ok(d) => {
                     poll_failing = false;
                     ui.update(&d);
-                    if view::is_final(d["status"].as_str().unwrap_or("")) {
+                    if view::is_final(&d.status) {
                         let since = *final_since.get_or_insert_with(Instant::now);
                         if since.elapsed() > END_GRACE {
                             break;
@@ -400,7 +408,7 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
     }
     if !ended {
         // The stream lagged behind the final status: print what it missed.
-        let _ = stored_logs(api, id, last_seq, |ev| ui.event(&ev)).await;
+        let _ = stored_logs(api, id, last_seq, |raw, ev| ui.event(raw, &ev)).await;
     }
     ui.clear();
     // `end` comes once the status is stored, but a replica or a cache may
@@ -409,7 +417,7 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
     for _ in 0..20 {
         last = get(api, id).await;
         if let Ok(d) = &last {
-            if view::is_final(d["status"].as_str().unwrap_or("")) {
+            if view::is_final(&d.status) {
                 break;
             }
         }

@@ -15,10 +15,12 @@ pub mod request;
 pub mod view;
 
 use crate::client::Api;
-use crate::Output;
+use crate::{print_json, Output};
 use anyhow::{anyhow, Context, Result};
 use follow::{Mode, Outcome};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vesemir_api::{DeploymentAccepted, DeploymentList, PlanView, RollbackRequest};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -124,12 +126,7 @@ pub enum DeploymentsCmd {
     },
 }
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON value serializes")
-    );
-}
+
 
 /// A non-2xx answer as a readable error (the API's message, as the client does).
 pub(crate) async fn api_error(resp: reqwest::Response) -> anyhow::Error {
@@ -161,7 +158,12 @@ const ATTEMPTS: u32 = 3;
 /// POSTs `body`; on a transport error, a timeout or a gateway error tries
 /// again with the same Idempotency-Key, so the controller answers the
 /// deployment the first try may have created instead of a second one.
-async fn submit(api: &Api, path: &str, body: &Value, key: &str) -> Result<(u16, Value)> {
+async fn submit<R: DeserializeOwned>(
+    api: &Api,
+    path: &str,
+    body: &impl Serialize,
+    key: &str,
+) -> Result<(u16, R)> {
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let last = attempt == ATTEMPTS;
@@ -246,7 +248,7 @@ async fn follow_and_report(api: &Api, id: &str, mode: Mode, output: Output) -> R
             } else {
                 println!("{}", view::final_report(&d));
             }
-            Ok(exit_for(d["status"].as_str().unwrap_or("")))
+            Ok(exit_for(&d.status))
         }
     }
 }
@@ -255,14 +257,16 @@ async fn follow_and_report(api: &Api, id: &str, mode: Mode, output: Output) -> R
 async fn accepted(
     api: &Api,
     code: u16,
-    resp: Value,
+    resp: DeploymentAccepted,
     w: &WatchFlags,
     key: &str,
 ) -> Result<ExitCode> {
-    let id = resp["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("the controller accepted the deployment but sent no id: {resp}"))?
-        .to_string();
+    if resp.id.is_empty() {
+        return Err(anyhow!(
+            "the controller accepted the deployment but sent no id: {resp:?}"
+        ));
+    }
+    let id = resp.id.clone();
     if code == 200 {
         eprintln!(
             "the controller already had this request (Idempotency-Key {key}): deployment {id}"
@@ -296,31 +300,32 @@ fn idempotency_key(w: &WatchFlags) -> String {
 
 /// Runs `vesemir deploy`.
 pub async fn deploy(api: &Api, args: DeployArgs) -> Result<ExitCode> {
-    let body = request::build(&args.request, args.dry_run)?;
+    let req = request::build(&args.request, args.dry_run)?;
+    let body = request::Body(&req);
     let key = idempotency_key(&args.watch);
-    let (code, resp) = submit(api, "/v1/deployments", &body, &key).await?;
     if args.dry_run {
+        let (_, plan): (u16, PlanView) = submit(api, "/v1/deployments", &body, &key).await?;
         if args.watch.output == Output::Json {
-            print_json(&resp);
+            print_json(&plan);
         } else {
-            println!("{}", view::plan(&resp));
+            println!("{}", view::plan(&plan));
         }
-        let problems = resp["problems"].as_array().map_or(0, Vec::len);
-        return Ok(if problems == 0 {
+        return Ok(if plan.problems.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         });
     }
+    let (code, resp) = submit(api, "/v1/deployments", &body, &key).await?;
     accepted(api, code, resp, &args.watch, &key).await
 }
 
 /// Runs `vesemir rollback`.
 pub async fn rollback(api: &Api, args: RollbackArgs) -> Result<ExitCode> {
-    let body = serde_json::to_value(vesemir_api::RollbackRequest {
+    let body = RollbackRequest {
         application: args.app,
         environment: args.env,
-    })?;
+    };
     let key = idempotency_key(&args.watch);
     let (code, resp) = submit(api, "/v1/deployments/rollback", &body, &key).await?;
     accepted(api, code, resp, &args.watch, &key).await
@@ -364,7 +369,7 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
             offset,
             output,
         } => {
-            let list: Value = api
+            let list: DeploymentList = api
                 .json(api.req(
                     reqwest::Method::GET,
                     &list_path(&app, &env, &status, limit, offset),
@@ -374,12 +379,12 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
                 print_json(&list);
                 return Ok(ExitCode::SUCCESS);
             }
-            let shown = list["deployments"].as_array().map_or(0, Vec::len);
+            let shown = list.deployments.len();
             if shown == 0 {
                 println!("no deployments");
             } else {
                 println!("{}", view::list_table(&list, now));
-                let total = list["total"].as_u64().unwrap_or(shown as u64);
+                let total = u64::try_from(list.total).unwrap_or(shown as u64);
                 if total > (offset as u64 + shown as u64) {
                     println!(
                         "{shown} of {total} shown; more with --offset {}",
@@ -399,7 +404,7 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
                 };
                 match follow::follow(api, &id, mode).await? {
                     Outcome::Interrupted => return Ok(ExitCode::from(130)),
-                    Outcome::Finished(d) => code = exit_for(d["status"].as_str().unwrap_or("")),
+                    Outcome::Finished(d) => code = exit_for(&d.status),
                 }
             }
             let d = follow::get(api, &id).await?;
@@ -431,13 +436,13 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
                         if output == Output::Table {
                             println!("{}", view::final_report(&d));
                         }
-                        Ok(exit_for(d["status"].as_str().unwrap_or("")))
+                        Ok(exit_for(&d.status))
                     }
                 };
             }
-            follow::stored_logs(api, &id, after, |ev| {
+            follow::stored_logs(api, &id, after, |raw, ev| {
                 if output == Output::Json {
-                    println!("{ev}");
+                    println!("{raw}");
                 } else if let Some(l) = view::event_line(&ev) {
                     println!("{l}");
                 }
@@ -446,7 +451,7 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DeploymentsCmd::Cancel { id, output } => {
-            let v: Value = api
+            let v: DeploymentAccepted = api
                 .json(api.req(
                     reqwest::Method::POST,
                     &format!("/v1/deployments/{}/cancel", crate::agents::enc(&id)),
@@ -457,7 +462,7 @@ pub async fn deployments(api: &Api, cmd: DeploymentsCmd) -> Result<ExitCode> {
             } else {
                 println!(
                     "deployment {id} {}: no new host starts; hosts in flight finish.\nfollow it: vesemir deployments logs {id} --follow",
-                    v["status"].as_str().unwrap_or("cancelling")
+                    v.status.as_deref().unwrap_or("cancelling")
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -4,19 +4,13 @@
 //! Validation here only catches what a user can fix before a round trip;
 //! the controller is the authority and its 422 message is shown as is.
 
-use anyhow::{bail, Result};
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::collections::BTreeMap;
+use vesemir_api::{DeployRequest, HaproxySpec, Selector};
 
 /// Hosts at a time: the API's parsed form, so the CLI and the controller
 /// apply the same range rules.
 pub use vesemir_api::ConcurrencyLimit as Concurrency;
-
-/// Parses `--concurrency`: `N` (1–1000) or `P%` (1–100), with the API's rules.
-pub fn parse_concurrency(s: &str) -> Result<Concurrency, String> {
-    s.parse::<Concurrency>()
-        .map_err(|e| format!("{s:?}: {}", e.message))
-}
 
 /// `--drain-mode`: how a server leaves rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -147,72 +141,135 @@ pub struct RequestFlags {
     pub changeset_playbook: Option<String>,
 }
 
-fn kv(flag: &str, list: &[String]) -> Result<BTreeMap<String, String>> {
+/// Why the flags do not make a request; each names the flag to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// `--app` or `--env` is blank.
+    #[error("{0}: must not be empty")]
+    Empty(&'static str),
+    /// A `K=V` flag without `=` (or, for `--attr`, without a key).
+    #[error("{flag} {input:?}: expected K=V")]
+    KeyValue {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        input: String,
+    },
+    /// No host flag at all: nobody deploys to the whole fleet by accident.
+    #[error("selector: say which hosts run the app with at least one of --tag, --not-tag, --role, --recipe, --chef-env, --attr, --query")]
+    NoSelector,
+    /// An HAProxy flag without `--haproxy-backend`.
+    #[error("{0} needs --haproxy-backend (without a backend there is no HAProxy step)")]
+    NeedsBackend(&'static str),
+    /// `--haproxy-backend` without a way to find the HAProxy VMs.
+    #[error("haproxy.selector: say which VMs run HAProxy with --haproxy-recipe, --haproxy-tag, --haproxy-role or --haproxy-query")]
+    NoHaproxySelector,
+    /// A weight outside 1–100.
+    #[error("--weights: {0} is out of range (each weight is a percent, 1–100)")]
+    WeightRange(u32),
+    /// Weights that do not go up.
+    #[error("--weights: must go up, e.g. 10,50,100")]
+    WeightOrder,
+    /// A ramp that does not end at full weight.
+    #[error("--weights: the last weight must be 100 so the server ends at full weight")]
+    WeightEnd,
+    /// `--max-unavailable 0`.
+    #[error("--max-unavailable: must be at least 1, or no host could ever leave rotation")]
+    MaxUnavailableZero,
+    /// A SHA-256 that is not 64 hex digits.
+    #[error("--changeset-sha256: expected 64 hex digits, got {0:?}")]
+    Sha256(String),
+    /// The API's changeset rule, named by flag.
+    #[error("{flag}: {message}")]
+    Changeset {
+        /// The flag of the field.
+        flag: String,
+        /// The API's message.
+        message: String,
+    },
+    /// Some but not all of the changeset flags.
+    #[error("changeset: give all of --changeset-version, --changeset-url and --changeset-sha256, or none")]
+    PartialChangeset,
+    /// `--changeset-playbook` without a changeset.
+    #[error("--changeset-playbook needs a changeset (--changeset-version, --changeset-url, --changeset-sha256)")]
+    PlaybookWithoutChangeset,
+}
+
+/// `--concurrency` that the API's rules refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?}: {}", .source.message)]
+pub struct ConcurrencyError {
+    /// What was given.
+    input: String,
+    /// The API's reason.
+    source: vesemir_api::FieldError,
+}
+
+/// Parses `--concurrency`: `N` (1–1000) or `P%` (1–100), with the API's rules.
+pub fn parse_concurrency(s: &str) -> Result<Concurrency, ConcurrencyError> {
+    s.parse::<Concurrency>().map_err(|source| ConcurrencyError {
+        input: s.to_string(),
+        source,
+    })
+}
+
+/// `K=V` flags into a map; `trim` trims keys and refuses empty ones.
+fn kv(
+    flag: &'static str,
+    list: &[String],
+    trim: bool,
+) -> Result<BTreeMap<String, String>, RequestError> {
     list.iter()
         .map(|s| match s.split_once('=') {
+            Some((k, v)) if !trim => Ok((k.to_string(), v.to_string())),
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => bail!("{flag} {s:?}: expected K=V"),
+            _ => Err(RequestError::KeyValue {
+                flag,
+                input: s.clone(),
+            }),
         })
         .collect()
 }
 
-fn put_list(m: &mut Map<String, Value>, key: &str, list: &[String]) {
-    if !list.is_empty() {
-        m.insert(key.into(), json!(list));
-    }
-}
-
-fn put_opt<T: serde::Serialize>(m: &mut Map<String, Value>, key: &str, v: &Option<T>) {
-    if let Some(v) = v {
-        m.insert(key.into(), json!(v));
-    }
-}
-
 /// Checks a weight ramp the way the API does, naming the flag.
-fn check_weights(w: &[u32]) -> Result<()> {
+fn check_weights(w: &[u32]) -> Result<(), RequestError> {
     if let Some(bad) = w.iter().find(|p| !(1..=100).contains(*p)) {
-        bail!("--weights: {bad} is out of range (each weight is a percent, 1–100)");
+        return Err(RequestError::WeightRange(*bad));
     }
     if w.windows(2).any(|p| p[0] >= p[1]) {
-        bail!("--weights: must go up, e.g. 10,50,100");
+        return Err(RequestError::WeightOrder);
     }
     if w.last() != Some(&100) {
-        bail!("--weights: the last weight must be 100 so the server ends at full weight");
+        return Err(RequestError::WeightEnd);
     }
     Ok(())
 }
 
-/// Builds the request body; fields not given are left out so the
-/// controller's defaults apply.
-pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
+/// Builds the request; fields not given keep the controller's defaults
+/// ([`DeployRequest::new`]).
+pub fn build(f: &RequestFlags, dry_run: bool) -> Result<DeployRequest, RequestError> {
     for (flag, v) in [("--app", &f.app), ("--env", &f.env)] {
         if v.trim().is_empty() {
-            bail!("{flag}: must not be empty");
+            return Err(RequestError::Empty(flag));
         }
     }
 
-    let mut sel = Map::new();
-    put_list(&mut sel, "tags", &f.tags);
-    put_list(&mut sel, "not_tags", &f.not_tags);
-    put_list(&mut sel, "roles", &f.roles);
-    put_list(&mut sel, "recipes", &f.recipes);
-    put_opt(&mut sel, "environment", &f.chef_env);
-    let attrs = kv("--attr", &f.attrs)?;
-    if !attrs.is_empty() {
-        sel.insert("attributes".into(), json!(attrs));
+    let selector = Selector {
+        tags: f.tags.clone(),
+        not_tags: f.not_tags.clone(),
+        roles: f.roles.clone(),
+        recipes: f.recipes.clone(),
+        environment: f.chef_env.clone(),
+        attributes: kv("--attr", &f.attrs, true)?,
+        query: f.query.clone(),
+    };
+    if selector.is_empty() {
+        return Err(RequestError::NoSelector);
     }
-    put_opt(&mut sel, "query", &f.query);
-    if sel.is_empty() {
-        bail!(
-            "selector: say which hosts run the app with at least one of --tag, --not-tag, --role, --recipe, --chef-env, --attr, --query"
-        );
-    }
-
-    let mut body = Map::new();
-    body.insert("application".into(), json!(f.app));
-    body.insert("environment".into(), json!(f.env));
-    put_opt(&mut body, "team", &f.team);
-    body.insert("selector".into(), Value::Object(sel));
+    // No --team: left out of the body (see [`Body`]), so the controller
+    // names the missing field as it always has.
+    let team = f.team.clone().unwrap_or_default();
+    let mut req = DeployRequest::new(f.app.clone(), f.env.clone(), team, selector);
 
     let haproxy_extras: [(&str, bool); 9] = [
         ("--haproxy-tag", !f.haproxy_tags.is_empty()),
@@ -228,57 +285,60 @@ pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
     match &f.haproxy_backend {
         None => {
             if let Some((flag, _)) = haproxy_extras.iter().find(|(_, given)| *given) {
-                bail!(
-                    "{flag} needs --haproxy-backend (without a backend there is no HAProxy step)"
-                );
+                return Err(RequestError::NeedsBackend(flag));
             }
         }
         Some(backend) => {
-            let mut hsel = Map::new();
-            put_list(&mut hsel, "tags", &f.haproxy_tags);
-            put_list(&mut hsel, "roles", &f.haproxy_roles);
-            put_list(&mut hsel, "recipes", &f.haproxy_recipes);
-            put_opt(&mut hsel, "query", &f.haproxy_query);
+            let hsel = Selector {
+                tags: f.haproxy_tags.clone(),
+                roles: f.haproxy_roles.clone(),
+                recipes: f.haproxy_recipes.clone(),
+                query: f.haproxy_query.clone(),
+                ..Selector::default()
+            };
             if hsel.is_empty() {
-                bail!(
-                    "haproxy.selector: say which VMs run HAProxy with --haproxy-recipe, --haproxy-tag, --haproxy-role or --haproxy-query"
-                );
+                return Err(RequestError::NoHaproxySelector);
             }
-            let mut h = Map::new();
-            h.insert("backend".into(), json!(backend));
-            h.insert("selector".into(), Value::Object(hsel));
-            put_opt(&mut h, "degradation_seconds", &f.degradation_seconds);
-            put_opt(&mut h, "drain_mode", &f.drain_mode.map(DrainMode::as_str));
+            let mut h = HaproxySpec::new(backend.clone(), hsel);
+            if let Some(d) = f.degradation_seconds {
+                h.degradation_seconds = d;
+            }
+            if let Some(m) = f.drain_mode {
+                h.drain_mode = m.as_str().into();
+            }
             if !f.weights.is_empty() {
                 check_weights(&f.weights)?;
-                h.insert("weights".into(), json!(f.weights));
+                h.weights = f.weights.clone();
             }
-            put_opt(&mut h, "sleep_seconds", &f.sleep_seconds);
-            put_opt(&mut h, "server_name", &f.server_name);
-            body.insert("haproxy".into(), Value::Object(h));
+            if let Some(s) = f.sleep_seconds {
+                h.sleep_seconds = s;
+            }
+            if let Some(n) = &f.server_name {
+                h.server_name = n.clone();
+            }
+            req.haproxy = Some(h);
         }
     }
 
     if let Some(c) = f.concurrency {
-        body.insert(
-            "concurrency".into(),
-            serde_json::to_value(vesemir_api::Concurrency::from(c))?,
-        );
+        req.concurrency = c.into();
     }
     if f.max_unavailable == Some(0) {
-        bail!("--max-unavailable: must be at least 1, or no host could ever leave rotation");
+        return Err(RequestError::MaxUnavailableZero);
     }
-    put_opt(&mut body, "max_unavailable", &f.max_unavailable);
-    put_opt(&mut body, "max_fail_percentage", &f.max_fail_percentage);
-    body.insert("playbook".into(), json!(f.playbook));
-    body.insert("vars".into(), json!(crate::agents::parse_vars(&f.vars)?));
+    req.max_unavailable = f.max_unavailable;
+    if let Some(p) = f.max_fail_percentage {
+        req.max_fail_percentage = p;
+    }
+    req.playbook = f.playbook.clone();
+    req.vars = kv("--var", &f.vars, false)?;
 
     match (&f.changeset_version, &f.changeset_url, &f.changeset_sha256) {
         (None, None, None) => {}
         (Some(v), Some(u), Some(s)) => {
             let s = s.trim();
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("--changeset-sha256: expected 64 hex digits, got {s:?}");
+                return Err(RequestError::Sha256(s.to_string()));
             }
             let c = vesemir_api::ChangesetBody {
                 version: v.clone(),
@@ -288,26 +348,154 @@ pub fn build(f: &RequestFlags, dry_run: bool) -> Result<Value> {
             };
             // The controller's own rule, named by flag, before a round trip.
             if let Err((field, message)) = vesemir_api::check_changeset(&c) {
-                let flag = format!("--{}", field.replace('.', "-"));
-                bail!("{flag}: {message}");
+                return Err(RequestError::Changeset {
+                    flag: format!("--{}", field.replace('.', "-")),
+                    message: message.to_string(),
+                });
             }
-            body.insert("changeset".into(), serde_json::to_value(c)?);
+            req.changeset = Some(c);
         }
-        _ => bail!(
-            "changeset: give all of --changeset-version, --changeset-url and --changeset-sha256, or none"
-        ),
+        _ => return Err(RequestError::PartialChangeset),
     }
-    if f.changeset_playbook.is_some() && !body.contains_key("changeset") {
-        bail!("--changeset-playbook needs a changeset (--changeset-version, --changeset-url, --changeset-sha256)");
+    if f.changeset_playbook.is_some() && req.changeset.is_none() {
+        return Err(RequestError::PlaybookWithoutChangeset);
     }
-    body.insert("dry_run".into(), json!(dry_run));
-    Ok(Value::Object(body))
+    req.dry_run = dry_run;
+    Ok(req)
+}
+
+/// The request as the CLI sends it: the fields a user gave, the rest left
+/// out so the controller applies its own defaults (the body stays what
+/// it was before the CLI built typed requests; an empty team is left out
+/// so the controller's "team: required" is what the user reads).
+pub struct Body<'a>(pub &'a DeployRequest);
+
+/// A selector without its empty fields.
+struct SelectorBody<'a>(&'a Selector);
+
+/// An HAProxy spec without the fields at their defaults.
+struct HaproxyBody<'a>(&'a HaproxySpec);
+
+impl Serialize for SelectorBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        for (k, list) in [
+            ("tags", &x.tags),
+            ("not_tags", &x.not_tags),
+            ("roles", &x.roles),
+            ("recipes", &x.recipes),
+        ] {
+            if !list.is_empty() {
+                m.serialize_entry(k, list)?;
+            }
+        }
+        if let Some(e) = &x.environment {
+            m.serialize_entry("environment", e)?;
+        }
+        if !x.attributes.is_empty() {
+            m.serialize_entry("attributes", &x.attributes)?;
+        }
+        if let Some(q) = &x.query {
+            m.serialize_entry("query", q)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for HaproxyBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (h, d) = (self.0, HaproxySpec::new(String::new(), Selector::default()));
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("backend", &h.backend)?;
+        m.serialize_entry("selector", &SelectorBody(&h.selector))?;
+        if h.degradation_seconds != d.degradation_seconds {
+            m.serialize_entry("degradation_seconds", &h.degradation_seconds)?;
+        }
+        if h.drain_mode != d.drain_mode {
+            m.serialize_entry("drain_mode", &h.drain_mode)?;
+        }
+        if h.weights != d.weights {
+            m.serialize_entry("weights", &h.weights)?;
+        }
+        if h.sleep_seconds != d.sleep_seconds {
+            m.serialize_entry("sleep_seconds", &h.sleep_seconds)?;
+        }
+        if h.server_name != d.server_name {
+            m.serialize_entry("server_name", &h.server_name)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Body<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let d = DeployRequest::new(
+            String::new(),
+            String::new(),
+            String::new(),
+            Selector::default(),
+        );
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("application", &r.application)?;
+        m.serialize_entry("environment", &r.environment)?;
+        if !r.team.is_empty() {
+            m.serialize_entry("team", &r.team)?;
+        }
+        m.serialize_entry("selector", &SelectorBody(&r.selector))?;
+        if let Some(h) = &r.haproxy {
+            m.serialize_entry("haproxy", &HaproxyBody(h))?;
+        }
+        if r.concurrency != d.concurrency {
+            m.serialize_entry("concurrency", &r.concurrency)?;
+        }
+        if let Some(u) = r.max_unavailable {
+            m.serialize_entry("max_unavailable", &u)?;
+        }
+        if r.max_fail_percentage != d.max_fail_percentage {
+            m.serialize_entry("max_fail_percentage", &r.max_fail_percentage)?;
+        }
+        m.serialize_entry("playbook", &r.playbook)?;
+        m.serialize_entry("vars", &r.vars)?;
+        if let Some(c) = &r.changeset {
+            m.serialize_entry("changeset", c)?;
+        }
+        m.serialize_entry("dry_run", &r.dry_run)?;
+        if r.job_timeout_seconds != d.job_timeout_seconds {
+            m.serialize_entry("job_timeout_seconds", &r.job_timeout_seconds)?;
+        }
+        // Progressive delivery: no flags yet, but never dropped if set.
+        if let Some(c) = &r.canary {
+            m.serialize_entry("canary", c)?;
+        }
+        if !r.on_failure.is_stop() {
+            m.serialize_entry("on_failure", &r.on_failure)?;
+        }
+        if r.pause_after_canary {
+            m.serialize_entry("pause_after_canary", &true)?;
+        }
+        if !r.pause_after_batches.is_empty() {
+            m.serialize_entry("pause_after_batches", &r.pause_after_batches)?;
+        }
+        if let Some(p) = r.progress_deadline_seconds {
+            m.serialize_entry("progress_deadline_seconds", &p)?;
+        }
+        if !r.notify.is_empty() {
+            m.serialize_entry("notify", &r.notify)?;
+        }
+        if let Some(o) = &r.override_freeze {
+            m.serialize_entry("override_freeze", o)?;
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+    use serde_json::{json, Value};
 
     #[derive(Parser)]
     struct T {
@@ -324,10 +512,24 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    /// Flags → body, compared as JSON.
+    /// Flags → request, compared with what the controller reads from
+    /// `expected` (a body as the CLI sends it: only given fields); the body
+    /// the CLI sends reads back as the same request.
     fn check(args: &[&str], expected: Value) {
         let f = parse(args).unwrap();
-        assert_eq!(build(&f, false).unwrap(), expected, "args: {args:?}");
+        let built = build(&f, false).unwrap();
+        let sent = serde_json::to_value(Body(&built)).unwrap();
+        let want: DeployRequest = serde_json::from_value(expected).unwrap();
+        let back: DeployRequest = serde_json::from_value(sent).unwrap();
+        assert_eq!(built, want, "args: {args:?}");
+        assert_eq!(back, built, "args: {args:?}");
+    }
+
+    /// Flags → the exact body sent.
+    fn check_wire(args: &[&str], expected: Value) {
+        let f = parse(args).unwrap();
+        let sent = serde_json::to_value(Body(&build(&f, false).unwrap())).unwrap();
+        assert_eq!(sent, expected, "args: {args:?}");
     }
 
     /// Flags → an error mentioning `needle` (from clap or from `build`).
@@ -336,7 +538,7 @@ mod tests {
             Err(e) => e,
             Ok(f) => match build(&f, false) {
                 Err(e) => e.to_string(),
-                Ok(v) => panic!("args {args:?} were accepted: {v}"),
+                Ok(v) => panic!("args {args:?} were accepted: {v:?}"),
             },
         };
         assert!(
@@ -347,7 +549,7 @@ mod tests {
 
     #[test]
     fn minimal_request_leaves_defaults_to_the_controller() {
-        check(
+        check_wire(
             &[
                 "--app",
                 "payments",
@@ -448,6 +650,46 @@ mod tests {
                 "vars": {"service": "payments.service", "a": "b=c"},
                 "changeset": {"version": "2.4.1", "url": "https://x/p.tgz", "sha256": SHA},
                 "dry_run": false
+            }),
+        );
+    }
+
+    #[test]
+    fn given_flags_are_sent_as_before() {
+        check_wire(
+            &[
+                "--app",
+                "pay",
+                "--env",
+                "prod",
+                "--team",
+                "t",
+                "--role",
+                "web",
+                "--haproxy-backend",
+                "pay",
+                "--haproxy-recipe",
+                "haproxy",
+                "--drain-mode",
+                "maint",
+                "--weights",
+                "50,100",
+                "--concurrency",
+                "2",
+                "--max-unavailable",
+                "1",
+                "--max-fail-percentage",
+                "5",
+            ],
+            json!({
+                "application": "pay", "environment": "prod", "team": "t",
+                "selector": {"roles": ["web"]},
+                "haproxy": {
+                    "backend": "pay", "selector": {"recipes": ["haproxy"]},
+                    "drain_mode": "maint", "weights": [50, 100]
+                },
+                "concurrency": 2, "max_unavailable": 1, "max_fail_percentage": 5,
+                "playbook": "deploy.yml", "vars": {}, "dry_run": false
             }),
         );
     }
@@ -593,7 +835,18 @@ mod tests {
 
     #[test]
     fn dry_run_is_a_field() {
-        let f = parse(&["--app", "a", "--env", "e", "--query", "name:web-*"]).unwrap();
-        assert_eq!(build(&f, true).unwrap()["dry_run"], json!(true));
+        let f = parse(&[
+            "--app",
+            "a",
+            "--env",
+            "e",
+            "--team",
+            "t",
+            "--query",
+            "name:web-*",
+        ])
+        .unwrap();
+        assert!(build(&f, true).unwrap().dry_run);
+        assert!(!build(&f, false).unwrap().dry_run);
     }
 }

@@ -1,25 +1,29 @@
-//! Deployment JSON (docs/API.md) → text: log event lines, tables, the dry
-//! run plan. Pure functions returning strings or rows, so the exact output
-//! that scripts and tests grep for is tested here.
+//! Deployment views (docs/API.md, the `vesemir-api` types) → text: log
+//! event lines, tables, the dry run plan. Pure functions returning strings
+//! or rows, so the exact output that scripts and tests grep for is tested
+//! here.
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use vesemir_api::{
+    Concurrency, DeploymentList, DeploymentView, Event, HostView, PlanView, StreamLine,
+};
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+fn s(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
 }
 
-fn n(v: &Value) -> String {
-    v.as_u64()
+/// A count, "-" when it is not one (negative: never sent, but not hidden).
+fn n(v: impl TryInto<u64>) -> String {
+    v.try_into()
         .map(|n| n.to_string())
-        .unwrap_or_else(|| "-".into())
+        .unwrap_or_else(|_| "-".into())
 }
 
-/// `1234` ms → "1.2s", `125000` → "2m 5s".
-pub fn duration(ms: &Value) -> String {
-    let Some(ms) = ms.as_u64() else {
+/// `1234` ms → "1.2s", `125000` → "2m 5s"; none (or negative) → "-".
+pub fn duration(ms: Option<i64>) -> String {
+    let Some(ms) = ms.and_then(|m| u64::try_from(m).ok()) else {
         return "-".into();
     };
     if ms < 60_000 {
@@ -29,9 +33,8 @@ pub fn duration(ms: &Value) -> String {
 }
 
 /// "3m ago" from an RFC 3339 time, relative to `now`.
-pub fn since(ts: &Value, now: OffsetDateTime) -> String {
-    ts.as_str()
-        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+pub fn since(ts: Option<&str>, now: OffsetDateTime) -> String {
+    ts.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
         .map(|t| crate::agents::ago((now - t).whole_seconds().max(0)))
         .unwrap_or_else(|| "-".into())
 }
@@ -46,72 +49,86 @@ pub fn host_done(status: &str) -> bool {
     !matches!(status, "pending" | "running" | "")
 }
 
+/// A request's concurrency as written ("2", "25%").
+fn concurrency(c: &Concurrency) -> String {
+    match c {
+        Concurrency::Count(n) => self::n(*n),
+        Concurrency::Percent(p) => p.clone(),
+    }
+}
+
 /// One line of a deployment's log stream, as shown to people, or `None`
 /// for events that are not shown (keepalive, end).
-pub fn event_line(ev: &Value) -> Option<String> {
-    let host = ev["host"].as_str().unwrap_or("");
-    let field = |k: &str| ev[k].as_str().unwrap_or("").to_string();
-    let line = match ev["type"].as_str().unwrap_or("") {
-        "log" => {
-            let mark = if ev["stream"] == "stderr" { "!" } else { "|" };
-            format!("  {mark} {}", field("line"))
+pub fn event_line(l: &StreamLine) -> Option<String> {
+    let host = l.host.as_deref().unwrap_or("");
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let line = match &l.event {
+        Event::Log { stream, line, .. } => {
+            let mark = if stream == "stderr" { "!" } else { "|" };
+            format!("  {mark} {line}")
         }
-        "task_started" => format!("TASK [{}]", field("name")),
-        "task_result" => {
-            let msg = field("msg");
-            let msg = if msg.is_empty() {
-                msg
-            } else {
-                format!(": {msg}")
+        Event::TaskStarted { name, .. } => format!("TASK [{name}]"),
+        Event::TaskResult {
+            status,
+            duration_ms,
+            msg,
+            ..
+        } => {
+            let msg = match msg.as_deref() {
+                None | Some("") => String::new(),
+                Some(m) => format!(": {m}"),
             };
-            format!(
-                "  {} ({}){msg}",
-                field("status"),
-                duration(&ev["duration_ms"])
-            )
+            let ms = duration_ms.and_then(|d| i64::try_from(d).ok());
+            format!("  {status} ({}){msg}", duration(ms))
         }
-        "step" => format!("step {}", field("step")),
-        "host_finished" => match ev["error"].as_str() {
-            Some(e) if !e.is_empty() => format!("{}: {e}", field("status")),
-            _ => field("status"),
+        Event::Step { step, .. } => format!("step {step}"),
+        Event::HostFinished { status, error } => match error.as_deref() {
+            Some(e) if !e.is_empty() => format!("{status}: {e}"),
+            _ => status.clone(),
         },
-        "haproxy" => {
-            let ok = if ev["ok"] == false { "FAILED" } else { "ok" };
-            let detail = field("detail");
-            let detail = if detail.is_empty() {
-                detail
-            } else {
-                format!(" ({detail})")
+        Event::Haproxy {
+            action,
+            haproxy_vm,
+            ok,
+            detail,
+            ..
+        } => {
+            let ok = if *ok == Some(false) { "FAILED" } else { "ok" };
+            let detail = match detail.as_deref() {
+                None | Some("") => String::new(),
+                Some(d) => format!(" ({d})"),
             };
-            format!(
-                "haproxy {} on {}: {ok}{detail}",
-                field("action"),
-                field("haproxy_vm")
-            )
+            format!("haproxy {action} on {}: {ok}{detail}", opt(haproxy_vm))
         }
-        "deployment" => {
-            let err = ev["error"]
-                .as_str()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            return Some(format!("deployment {}{err}", field("status")));
+        Event::Deployment { status, error, .. } => {
+            let err = error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            return Some(format!("deployment {status}{err}"));
         }
-        "started" if ev["replay"] == true => {
-            format!(
-                "job {} already ran: reporting its recorded result",
-                field("job_id")
-            )
+        Event::Started {
+            job_id,
+            replay: true,
+        } => format!("job {job_id} already ran: reporting its recorded result"),
+        Event::Started { job_id, .. } => format!("job {job_id} started"),
+        Event::Error { message } => format!("error: {message}"),
+        Event::Keepalive | Event::End { .. } => return None,
+        Event::Finished {
+            job_id,
+            status,
+            stats,
+            error,
+            output,
+        } => {
+            // Never logged as such (a host's outcome is `host_finished`):
+            // shown as any kind this CLI has no line for.
+            let fields = serde_json::json!({
+                "job_id": job_id, "status": status, "stats": stats,
+                "error": error, "output": output,
+            });
+            format!("finished {fields}")
         }
-        "started" => format!("job {} started", field("job_id")),
-        "error" => format!("error: {}", field("message")),
-        "keepalive" | "end" => return None,
-        other => {
+        Event::Other { kind, fields } => {
             // A kind this CLI does not know yet: show its fields, not the envelope.
-            let mut rest = ev.as_object().cloned().unwrap_or_default();
-            for k in ["seq", "ts", "host", "type"] {
-                rest.remove(k);
-            }
-            format!("{other} {}", Value::Object(rest))
+            format!("{kind} {}", serde_json::to_string(fields).unwrap_or_default())
         }
     };
     Some(if host.is_empty() {
@@ -128,32 +145,34 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// A deployment's hosts (none outside the detail view).
+fn hosts(d: &DeploymentView) -> &[HostView] {
+    d.detail.as_ref().map(|x| x.hosts.as_slice()).unwrap_or_default()
+}
+
 /// The rows of the per-host summary.
-pub fn host_rows(d: &Value) -> Vec<Vec<String>> {
-    d["hosts"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+pub fn host_rows(d: &DeploymentView) -> Vec<Vec<String>> {
+    hosts(d)
         .iter()
         .map(|h| {
-            let st = &h["stats"];
+            let st = &h.stats;
             vec![
-                s(&h["name"]).to_string(),
-                s(&h["status"]).to_string(),
-                n(&st["ok"]),
-                n(&st["changed"]),
-                n(&st["failed"]),
-                n(&st["unreachable"]),
-                n(&st["skipped"]),
-                duration(&h["duration_ms"]),
-                h["error"].as_str().unwrap_or("").to_string(),
+                h.name.clone(),
+                h.status.clone(),
+                n(st.ok),
+                n(st.changed),
+                n(st.failed),
+                n(st.unreachable),
+                n(st.skipped),
+                duration(h.duration_ms),
+                h.error.clone().unwrap_or_default(),
             ]
         })
         .collect()
 }
 
 /// The per-host summary table.
-pub fn host_table(d: &Value) -> Table {
+pub fn host_table(d: &DeploymentView) -> Table {
     let mut t = table(&[
         "HOST",
         "STATUS",
@@ -172,59 +191,56 @@ pub fn host_table(d: &Value) -> Table {
 }
 
 /// The last line of a followed deployment; scripts grep for it.
-pub fn status_line(d: &Value) -> String {
-    format!("deployment {} {}", s(&d["id"]), s(&d["status"]))
+pub fn status_line(d: &DeploymentView) -> String {
+    format!("deployment {} {}", d.id, d.status)
 }
 
 /// What ends a followed deployment's output: hosts, error, status line.
-pub fn final_report(d: &Value) -> String {
+pub fn final_report(d: &DeploymentView) -> String {
     let mut out = format!("{}\n", host_table(d));
-    if let Some(e) = d["error"].as_str().filter(|e| !e.is_empty()) {
+    if let Some(e) = d.error.as_deref().filter(|e| !e.is_empty()) {
         out.push_str(&format!("error: {e}\n"));
     }
     out.push_str(&status_line(d));
     out
 }
 
+fn version(d: &DeploymentView) -> &str {
+    d.changeset.as_ref().map_or("-", |c| c.version.as_str())
+}
+
 /// The rows of `deployments list`.
-pub fn list_rows(list: &Value, now: OffsetDateTime) -> Vec<Vec<String>> {
-    list["deployments"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+pub fn list_rows(list: &DeploymentList, now: OffsetDateTime) -> Vec<Vec<String>> {
+    list.deployments
         .iter()
         .map(|d| {
-            let dur = if d["duration_ms"].is_u64() {
-                duration(&d["duration_ms"])
-            } else if is_final(s(&d["status"])) {
+            let dur = if d.duration_ms.is_some_and(|m| m >= 0) {
+                duration(d.duration_ms)
+            } else if is_final(&d.status) {
                 "-".into()
             } else {
                 "…".into()
             };
             vec![
-                s(&d["id"]).to_string(),
-                s(&d["application"]).to_string(),
-                s(&d["environment"]).to_string(),
-                s(&d["status"]).to_string(),
-                s(&d["changeset"]["version"]).to_string(),
-                n(&d["hosts_total"]),
+                d.id.clone(),
+                d.application.clone(),
+                d.environment.clone(),
+                d.status.clone(),
+                version(d).to_string(),
+                n(d.hosts_total),
                 since(
-                    if d["started_at"].is_string() {
-                        &d["started_at"]
-                    } else {
-                        &d["created_at"]
-                    },
+                    Some(d.started_at.as_deref().unwrap_or(&d.created_at)),
                     now,
                 ),
                 dur,
-                s(&d["requested_by"]).to_string(),
+                d.requested_by.clone(),
             ]
         })
         .collect()
 }
 
 /// The `deployments list` table.
-pub fn list_table(list: &Value, now: OffsetDateTime) -> Table {
+pub fn list_table(list: &DeploymentList, now: OffsetDateTime) -> Table {
     let mut t = table(&[
         "ID",
         "APP",
@@ -243,70 +259,59 @@ pub fn list_table(list: &Value, now: OffsetDateTime) -> Table {
 }
 
 /// `deployments show`: details, hosts, HAProxy actions.
-pub fn show(d: &Value, now: OffsetDateTime) -> String {
+pub fn show(d: &DeploymentView, now: OffsetDateTime) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    let when = |k: &str| match d[k].as_str() {
-        Some(ts) => format!("{ts} ({})", since(&d[k], now)),
+    let when = |ts: Option<&str>| match ts {
+        Some(ts) => format!("{ts} ({})", since(Some(ts), now)),
         None => "-".into(),
     };
-    let sum = &d["summary"];
-    let summary = [
-        "pending",
-        "running",
-        "succeeded",
-        "failed",
-        "unreachable",
-        "skipped",
-    ]
-    .iter()
-    .filter_map(|k| {
-        sum[*k]
-            .as_u64()
-            .filter(|n| *n > 0)
-            .map(|n| format!("{k} {n}"))
-    })
-    .collect::<Vec<_>>()
-    .join(", ");
+    let summary = d
+        .detail
+        .as_ref()
+        .map(|x| x.summary.pairs())
+        .unwrap_or_default()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let rows: Vec<(&str, String)> = vec![
-        ("id", s(&d["id"]).into()),
-        ("status", s(&d["status"]).into()),
-        ("application", s(&d["application"]).into()),
-        ("environment", s(&d["environment"]).into()),
-        ("team", s(&d["team"]).into()),
-        ("requested by", s(&d["requested_by"]).into()),
+        ("id", d.id.clone()),
+        ("status", d.status.clone()),
+        ("application", d.application.clone()),
+        ("environment", d.environment.clone()),
+        ("team", d.team.clone()),
+        ("requested by", d.requested_by.clone()),
         (
             "changeset",
             format!(
                 "{} {}",
-                s(&d["changeset"]["version"]),
-                d["changeset"]["url"].as_str().unwrap_or("")
+                version(d),
+                d.changeset.as_ref().map_or("", |c| c.url.as_str())
             ),
         ),
-        ("playbook", s(&d["playbook"]).into()),
-        ("hosts", format!("{} ({summary})", n(&d["hosts_total"]))),
+        ("playbook", s(&d.playbook).into()),
+        ("hosts", format!("{} ({summary})", n(d.hosts_total))),
         (
             "pace",
             format!(
                 "concurrency {}, max unavailable {}, max fail {}%",
-                match &d["concurrency"] {
-                    Value::String(c) => c.clone(),
-                    c => n(c),
+                d.concurrency.as_ref().map_or("-".into(), concurrency),
+                match d.max_unavailable {
+                    None => "= concurrency".to_string(),
+                    Some(m) => n(m),
                 },
-                match &d["max_unavailable"] {
-                    Value::Null => "= concurrency".to_string(),
-                    m => n(m),
-                },
-                n(&d["max_fail_percentage"])
+                d.max_fail_percentage.map_or("-".into(), n)
             ),
         ),
-        ("query", s(&d["query"]).into()),
-        ("haproxy query", s(&d["haproxy_query"]).into()),
-        ("created", when("created_at")),
-        ("started", when("started_at")),
-        ("finished", when("finished_at")),
-        ("duration", duration(&d["duration_ms"])),
-        ("error", d["error"].as_str().unwrap_or("").into()),
+        ("query", s(&d.query).into()),
+        ("haproxy query", s(&d.haproxy_query).into()),
+        ("created", when(Some(&d.created_at))),
+        ("started", when(d.started_at.as_deref())),
+        ("finished", when(d.finished_at.as_deref())),
+        ("duration", duration(d.duration_ms)),
+        ("error", d.error.clone().unwrap_or_default()),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
@@ -327,28 +332,29 @@ pub fn show(d: &Value, now: OffsetDateTime) -> String {
         "DURATION",
         "ERROR",
     ]);
-    for host in d["hosts"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let st = &host["stats"];
+    for host in hosts(d) {
+        let st = &host.stats;
         h.add_row(vec![
-            s(&host["name"]).to_string(),
-            s(&host["address"]).to_string(),
-            s(&host["server_name"]).to_string(),
-            s(&host["status"]).to_string(),
-            host["step"].as_str().unwrap_or("").to_string(),
-            n(&st["ok"]),
-            n(&st["changed"]),
-            n(&st["failed"]),
-            n(&st["unreachable"]),
-            n(&st["skipped"]),
-            duration(&host["duration_ms"]),
-            host["error"].as_str().unwrap_or("").to_string(),
+            host.name.clone(),
+            host.address.clone(),
+            host.server_name.clone(),
+            host.status.clone(),
+            host.step.clone().unwrap_or_default(),
+            n(st.ok),
+            n(st.changed),
+            n(st.failed),
+            n(st.unreachable),
+            n(st.skipped),
+            duration(host.duration_ms),
+            host.error.clone().unwrap_or_default(),
         ]);
     }
     out.push_str(&format!("{h}\n"));
 
-    let actions = d["haproxy_actions"]
-        .as_array()
-        .map(Vec::as_slice)
+    let actions = d
+        .detail
+        .as_ref()
+        .map(|x| x.haproxy_actions.as_slice())
         .unwrap_or_default();
     if actions.is_empty() {
         out.push_str("no HAProxy actions\n");
@@ -365,18 +371,14 @@ pub fn show(d: &Value, now: OffsetDateTime) -> String {
         ]);
         for x in actions {
             a.add_row(vec![
-                s(&x["at"]).to_string(),
-                s(&x["host"]).to_string(),
-                s(&x["haproxy_vm"]).to_string(),
-                s(&x["backend"]).to_string(),
-                s(&x["server"]).to_string(),
-                s(&x["action"]).to_string(),
-                if x["ok"] == false {
-                    "FAILED".into()
-                } else {
-                    "ok".into()
-                },
-                x["detail"].as_str().unwrap_or("").to_string(),
+                x.at.clone(),
+                x.host.clone(),
+                x.haproxy_vm.clone(),
+                x.backend.clone(),
+                x.server.clone(),
+                x.action.clone(),
+                if x.ok { "ok".into() } else { "FAILED".into() },
+                x.detail.clone().unwrap_or_default(),
             ]);
         }
         out.push_str(&format!("{a}\n"));
@@ -385,131 +387,78 @@ pub fn show(d: &Value, now: OffsetDateTime) -> String {
 }
 
 /// The dry run's plan, readably; the caller exits 1 when `problems` is not empty.
-pub fn plan(p: &Value) -> String {
-    let hosts = p["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
+pub fn plan(p: &PlanView) -> String {
     let mut out = format!(
         "dry run: {} host(s), concurrency {}, max unavailable {}\nquery: {}\n",
-        hosts.len(),
-        match &p["concurrency"] {
-            Value::String(c) => c.clone(),
-            c => n(c),
-        },
-        n(&p["max_unavailable"]),
-        s(&p["query"]),
+        p.hosts.len(),
+        p.concurrency,
+        p.max_unavailable,
+        p.query,
     );
     let mut t = table(&["HOST", "ADDRESS", "SERVER NAME", "AGENT"]);
-    for h in hosts {
+    for h in &p.hosts {
         t.add_row(vec![
-            s(&h["name"]).to_string(),
-            s(&h["address"]).to_string(),
-            s(&h["server_name"]).to_string(),
-            s(&h["agent"]).to_string(),
+            h.name.clone(),
+            h.address.clone(),
+            h.server_name.clone(),
+            h.agent.clone(),
         ]);
     }
     out.push_str(&format!("{t}\n"));
     out.push_str("batches:\n");
-    if p["batches"].as_array().is_none_or(Vec::is_empty) {
+    if p.batches.is_empty() {
         out.push_str("  (none)\n");
     }
-    for (i, b) in p["batches"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let names: Vec<&str> = b
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(s)
-            .collect();
-        out.push_str(&format!("  {}: {}\n", i + 1, names.join(", ")));
+    for (i, b) in p.batches.iter().enumerate() {
+        out.push_str(&format!("  {}: {}\n", i + 1, b.join(", ")));
     }
     // The playbook across the hosts: who lacks it, who has another version.
-    let pb = &p["playbook"];
-    if pb.is_object() {
-        let list = |k: &str| -> Vec<String> {
-            pb[k]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|x| match x {
-                    Value::Object(_) => format!(
-                        "{} ({})",
-                        s(&x["host"]),
-                        s(&x["sha256"]).chars().take(12).collect::<String>()
-                    ),
-                    other => s(other).to_string(),
-                })
-                .collect()
-        };
+    if let Some(pb) = &p.playbook {
         out.push_str(&format!(
             "playbook {}: sha256 {}\n",
-            s(&pb["name"]),
-            pb["sha256"]
-                .as_str()
+            pb.name,
+            pb.sha256
+                .as_deref()
                 .map(|h| &h[..h.len().min(12)])
                 .unwrap_or("(on no host)")
         ));
-        for (k, what) in [
-            ("missing", "missing on"),
-            ("drift", "differs on"),
-            ("unknown", "not reported by"),
+        let drift: Vec<String> = pb
+            .drift
+            .iter()
+            .map(|x| {
+                let short: String = x.sha256.chars().take(12).collect();
+                format!("{} ({short})", x.host)
+            })
+            .collect();
+        for (l, what) in [
+            (&pb.missing, "missing on"),
+            (&drift, "differs on"),
+            (&pb.unknown, "not reported by"),
         ] {
-            let l = list(k);
             if !l.is_empty() {
                 out.push_str(&format!("  {what}: {}\n", l.join(", ")));
             }
         }
     }
-    let hp = &p["haproxy"];
-    if hp.is_object() {
+    if let Some(hp) = &p.haproxy {
         out.push_str(&format!(
             "haproxy backend {} (query: {}):\n",
-            s(&hp["backend"]),
-            s(&p["haproxy_query"])
+            hp.backend,
+            s(&p.haproxy_query)
         ));
         let mut v = table(&["HAPROXY VM", "AGENT", "SERVERS"]);
-        for vm in hp["vms"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let servers: Vec<&str> = vm["servers"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(s)
-                .collect();
-            v.add_row(vec![
-                s(&vm["name"]).to_string(),
-                s(&vm["agent"]).to_string(),
-                servers.join(", "),
-            ]);
+        for vm in &hp.vms {
+            v.add_row(vec![vm.name.clone(), vm.agent.clone(), vm.servers.join(", ")]);
         }
         out.push_str(&format!("{v}\n"));
     } else {
         out.push_str("no HAProxy step (no --haproxy-backend)\n");
     }
-    let problems = p["problems"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if problems.is_empty() {
+    if p.problems.is_empty() {
         out.push_str("no problems found");
     } else {
-        out.push_str(&format!("{} problem(s):\n", problems.len()));
-        let lines: Vec<String> = problems
-            .iter()
-            .map(|x| {
-                format!(
-                    "  - {}",
-                    x.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string())
-                )
-            })
-            .collect();
+        out.push_str(&format!("{} problem(s):\n", p.problems.len()));
+        let lines: Vec<String> = p.problems.iter().map(|x| format!("  - {x}")).collect();
         out.push_str(&lines.join("\n"));
     }
     out
@@ -518,87 +467,178 @@ pub fn plan(p: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use time::macros::datetime;
+    use vesemir_api::{
+        ChangesetBody, DeploymentDetail, HaproxyActionView, HostStats, HostSummary,
+        PlannedHaproxy, PlannedHost, PlannedVm, PlaybookCoverage, PlaybookDrift,
+    };
 
-    fn check_event(ev: Value, expected: Option<&str>) {
-        assert_eq!(event_line(&ev).as_deref(), expected, "event {ev}");
+    /// A log line as the controller sends it → what is shown.
+    fn check_event(line: &str, expected: Option<&str>) {
+        let ev: StreamLine = serde_json::from_str(line).unwrap();
+        assert_eq!(event_line(&ev).as_deref(), expected, "event {line}");
     }
 
     #[test]
     fn log_events_are_prefixed_by_host() {
         check_event(
-            json!({"seq":1,"host":"web-1","type":"task_started","name":"Restart"}),
+            r#"{"seq":1,"host":"web-1","type":"task_started","name":"Restart"}"#,
             Some("[web-1] TASK [Restart]"),
         );
         check_event(
-            json!({"host":"web-1","type":"log","stream":"stdout","line":"hi"}),
+            r#"{"host":"web-1","type":"log","stream":"stdout","line":"hi"}"#,
             Some("[web-1]   | hi"),
         );
         check_event(
-            json!({"host":"web-1","type":"log","stream":"stderr","line":"oops"}),
+            r#"{"host":"web-1","type":"log","stream":"stderr","line":"oops"}"#,
             Some("[web-1]   ! oops"),
         );
         check_event(
-            json!({"host":"web-1","type":"task_result","name":"x","status":"changed","duration_ms":1234,"msg":"done"}),
+            r#"{"host":"web-1","type":"task_result","name":"x","status":"changed","duration_ms":1234,"msg":"done"}"#,
             Some("[web-1]   changed (1.2s): done"),
         );
         check_event(
-            json!({"host":"web-2","type":"step","step":"draining"}),
+            r#"{"host":"web-2","type":"step","step":"draining"}"#,
             Some("[web-2] step draining"),
         );
         check_event(
-            json!({"host":"web-2","type":"host_finished","status":"succeeded","error":null}),
+            r#"{"host":"web-2","type":"host_finished","status":"succeeded","error":null}"#,
             Some("[web-2] succeeded"),
         );
         check_event(
-            json!({"host":"web-2","type":"host_finished","status":"failed","error":"health check failed"}),
+            r#"{"host":"web-2","type":"host_finished","status":"failed","error":"health check failed"}"#,
             Some("[web-2] failed: health check failed"),
         );
         check_event(
-            json!({"host":"web-2","type":"haproxy","action":"drain","haproxy_vm":"lb-1","ok":true,"detail":"scur 0"}),
+            r#"{"host":"web-2","type":"haproxy","action":"drain","haproxy_vm":"lb-1","ok":true,"detail":"scur 0"}"#,
             Some("[web-2] haproxy drain on lb-1: ok (scur 0)"),
         );
         check_event(
-            json!({"type":"deployment","status":"running"}),
+            r#"{"type":"deployment","status":"running"}"#,
             Some("deployment running"),
         );
         check_event(
-            json!({"type":"deployment","status":"aborted","error":"2 of 5 failed"}),
+            r#"{"type":"deployment","status":"aborted","error":"2 of 5 failed"}"#,
             Some("deployment aborted: 2 of 5 failed"),
         );
         check_event(
-            json!({"seq":3,"ts":"t","host":"web-1","type":"started","job_id":"d.web-1","replay":false}),
+            r#"{"seq":3,"ts":"t","host":"web-1","type":"started","job_id":"d.web-1","replay":false}"#,
             Some("[web-1] job d.web-1 started"),
         );
         check_event(
-            json!({"host":"web-1","type":"started","job_id":"d.web-1","replay":true}),
+            r#"{"host":"web-1","type":"started","job_id":"d.web-1","replay":true}"#,
             Some("[web-1] job d.web-1 already ran: reporting its recorded result"),
         );
         check_event(
-            json!({"host":null,"type":"error","message":"store down"}),
+            r#"{"host":null,"type":"error","message":"store down"}"#,
             Some("error: store down"),
         );
         check_event(
-            json!({"seq":9,"ts":"t","host":"web-1","type":"novel","x":1}),
+            r#"{"seq":9,"ts":"t","host":"web-1","type":"novel","x":1}"#,
             Some("[web-1] novel {\"x\":1}"),
         );
-        check_event(json!({"type":"keepalive"}), None);
-        check_event(json!({"type":"end","status":"succeeded"}), None);
+        check_event(
+            r#"{"type":"keepalive"}"#, None);
+        check_event(
+            r#"{"type":"end","status":"succeeded"}"#, None);
     }
 
-    fn sample() -> Value {
-        json!({
-            "id": "d-1", "application": "payments", "environment": "production", "status": "failed",
-            "requested_by": "admin", "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:01Z",
-            "duration_ms": 125000, "hosts_total": 2, "changeset": {"version": "2.4.1"},
-            "error": "1 host failed",
-            "hosts": [
-                {"name":"web-1","status":"succeeded","stats":{"ok":5,"changed":3,"failed":0,"unreachable":0,"skipped":1},"duration_ms":4200,"error":null},
-                {"name":"web-2","status":"failed","stats":{"ok":2,"changed":1,"failed":1,"unreachable":0,"skipped":0},"duration_ms":900,"error":"health check failed"}
-            ],
-            "haproxy_actions": [{"at":"t","host":"web-2","haproxy_vm":"lb-1","backend":"payments","server":"web-2","action":"maint","ok":true,"detail":""}]
+    /// A deployment row with nothing optional set.
+    fn deployment(id: &str, status: &str, created_at: &str) -> DeploymentView {
+        DeploymentView {
+            id: id.into(),
+            application: "payments".into(),
+            environment: "production".into(),
+            team: "pay".into(),
+            status: status.into(),
+            requested_by: "admin".into(),
+            created_at: created_at.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            query: None,
+            haproxy_query: None,
+            haproxy_vms: None,
+            hosts_total: 0,
+            cancel_requested: false,
+            concurrency: None,
+            max_unavailable: None,
+            max_fail_percentage: None,
+            playbook: None,
+            changeset: None,
+            error: None,
+            detail: None,
+        }
+    }
+
+    fn changeset(version: &str) -> Option<ChangesetBody> {
+        Some(ChangesetBody {
+            version: version.into(),
+            url: "https://x/p.tgz".into(),
+            sha256: "ab".repeat(32),
+            playbook: None,
         })
+    }
+
+    /// A host with its counts (ok, changed, failed, unreachable, skipped).
+    fn host(name: &str, status: &str, c: [i64; 5], ms: i64, error: Option<&str>) -> HostView {
+        HostView {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            server_name: name.into(),
+            status: status.into(),
+            step: None,
+            job_id: None,
+            rotation: "in".into(),
+            stats: HostStats {
+                ok: c[0],
+                changed: c[1],
+                failed: c[2],
+                unreachable: c[3],
+                skipped: c[4],
+            },
+            started_at: None,
+            finished_at: None,
+            duration_ms: Some(ms),
+            error: error.map(str::to_string),
+        }
+    }
+
+    fn sample() -> DeploymentView {
+        let mut d = deployment("d-1", "failed", "2026-01-01T10:00:00Z");
+        d.started_at = Some("2026-01-01T10:00:01Z".into());
+        d.duration_ms = Some(125000);
+        d.hosts_total = 2;
+        d.changeset = changeset("2.4.1");
+        d.error = Some("1 host failed".into());
+        let mut summary = HostSummary::default();
+        summary.count("succeeded");
+        summary.count("failed");
+        d.detail = Some(DeploymentDetail {
+            summary,
+            hosts: vec![
+                host("web-1", "succeeded", [5, 3, 0, 0, 1], 4200, None),
+                host(
+                    "web-2",
+                    "failed",
+                    [2, 1, 1, 0, 0],
+                    900,
+                    Some("health check failed"),
+                ),
+            ],
+            request: None,
+            haproxy_actions: vec![HaproxyActionView {
+                at: "t".into(),
+                host: "web-2".into(),
+                haproxy_vm: "lb-1".into(),
+                backend: "payments".into(),
+                server: "web-2".into(),
+                action: "maint".into(),
+                ok: true,
+                detail: Some(String::new()),
+            }],
+        });
+        d
     }
 
     #[test]
@@ -631,11 +671,14 @@ mod tests {
     #[test]
     fn list_rows_read_naturally() {
         let now = datetime!(2026-01-01 10:05:01 UTC);
-        let list = json!({"deployments": [
-            sample(),
-            {"id":"d-2","application":"payments","environment":"production","status":"running",
-             "created_at":"2026-01-01T10:05:00Z","hosts_total":5,"changeset":{"version":"2.4.2"},"requested_by":"ci"}
-        ], "total": 2});
+        let mut running = deployment("d-2", "running", "2026-01-01T10:05:00Z");
+        running.hosts_total = 5;
+        running.changeset = changeset("2.4.2");
+        running.requested_by = "ci".into();
+        let list = DeploymentList {
+            deployments: vec![sample(), running],
+            total: 2,
+        };
         assert_eq!(
             list_rows(&list, now),
             vec![
@@ -682,18 +725,39 @@ mod tests {
 
     #[test]
     fn plan_lists_hosts_batches_haproxy_and_problems() {
-        let p = json!({
-            "dry_run": true, "query": "tags:app", "haproxy_query": "recipes:haproxy", "concurrency": "50%",
-            "max_unavailable": 1,
-            "hosts": [{"name":"web-1","address":"10.0.0.1","server_name":"web-1","agent":"connected"},
-                      {"name":"web-2","address":"10.0.0.2","server_name":"web-2","agent":"none"}],
-            "batches": [["web-1"],["web-2"]],
-            "haproxy": {"backend":"payments","vms":[{"name":"lb-1","agent":"connected","servers":["web-1","web-2"]}]},
-            "problems": ["web-2: no agent"]
-        });
+        let planned = |name: &str, address: &str, agent: &str| PlannedHost {
+            name: name.into(),
+            address: address.into(),
+            server_name: name.into(),
+            agent: agent.into(),
+        };
+        let p = PlanView {
+            dry_run: true,
+            application: "payments".into(),
+            environment: "production".into(),
+            query: "tags:app".into(),
+            haproxy_query: Some("recipes:haproxy".into()),
+            concurrency: 1,
+            max_unavailable: 1,
+            hosts: vec![
+                planned("web-1", "10.0.0.1", "connected"),
+                planned("web-2", "10.0.0.2", "none"),
+            ],
+            batches: vec![vec!["web-1".into()], vec!["web-2".into()]],
+            haproxy: Some(PlannedHaproxy {
+                backend: "payments".into(),
+                vms: vec![PlannedVm {
+                    name: "lb-1".into(),
+                    agent: "connected".into(),
+                    servers: vec!["web-1".into(), "web-2".into()],
+                }],
+            }),
+            problems: vec!["web-2: no agent".into()],
+            playbook: None,
+        };
         let out = plan(&p);
         for needle in [
-            "2 host(s), concurrency 50%",
+            "2 host(s), concurrency 1, max unavailable 1",
             "  1: web-1\n  2: web-2",
             "haproxy backend payments",
             "lb-1",
@@ -703,12 +767,17 @@ mod tests {
             assert!(out.contains(needle), "{needle:?} missing from\n{out}");
         }
         let mut ok = p.clone();
-        ok["problems"] = json!([]);
+        ok.problems.clear();
         let mut drift = ok.clone();
-        drift["playbook"] = json!({
-            "name": "deploy.yml", "sha256": "ab".repeat(32),
-            "missing": ["web-3"], "drift": [{"host": "web-2", "sha256": "cd".repeat(32)}],
-            "unknown": []
+        drift.playbook = Some(PlaybookCoverage {
+            name: "deploy.yml".into(),
+            sha256: Some("ab".repeat(32)),
+            missing: vec!["web-3".into()],
+            drift: vec![PlaybookDrift {
+                host: "web-2".into(),
+                sha256: "cd".repeat(32),
+            }],
+            unknown: vec![],
         });
         let text = plan(&drift);
         assert!(
@@ -718,8 +787,10 @@ mod tests {
         assert!(text.contains("missing on: web-3"), "{text}");
         assert!(text.contains("differs on: web-2 (cdcdcdcdcdcd)"), "{text}");
         assert!(plan(&ok).ends_with("no problems found"));
-        let empty =
-            json!({"hosts": [], "batches": [], "problems": ["no hosts match the selector"]});
+        let mut empty = ok.clone();
+        empty.hosts.clear();
+        empty.batches.clear();
+        empty.problems = vec!["no hosts match the selector".into()];
         assert!(
             plan(&empty).contains("batches:\n  (none)\n"),
             "{}",
@@ -729,8 +800,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(duration(&json!(1234)), "1.2s");
-        assert_eq!(duration(&json!(3_725_000)), "1h 2m 5s");
-        assert_eq!(duration(&Value::Null), "-");
+        assert_eq!(duration(Some(1234)), "1.2s");
+        assert_eq!(duration(Some(3_725_000)), "1h 2m 5s");
+        assert_eq!(duration(None), "-");
+        assert_eq!(duration(Some(-1)), "-");
     }
 }

@@ -446,19 +446,8 @@ async fn revoke_agent(
     Ok(Json(state.fleet.view(agent)))
 }
 
-/// `POST /v1/agents/{name}/run` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunPlaybook {
-    /// A playbook shipped with the agent (`restart.yml`, …).
-    pub playbook: String,
-    /// Variables.
-    #[serde(default)]
-    pub vars: std::collections::BTreeMap<String, String>,
-    /// Changeset, for playbooks that install one.
-    #[serde(default)]
-    pub changeset: Option<ChangesetBody>,
-}
+/// `POST /v1/agents/{name}/run` body (a wire type of `vesemir-api`).
+pub use vesemir_api::RunPlaybook;
 
 pub use vesemir_api::{check_changeset, valid_playbook_name, ChangesetBody};
 
