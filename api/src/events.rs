@@ -253,7 +253,10 @@ mod tests {
                 r#"{"index":0,"line":"hi","stream":"stdout","type":"log"}"#,
                 "log",
             ),
-            (r#"{"index":1,"name":"Restart","type":"task_started"}"#, "task_started"),
+            (
+                r#"{"index":1,"name":"Restart","type":"task_started"}"#,
+                "task_started",
+            ),
             (
                 r#"{"duration_ms":12,"index":1,"module":"command","msg":"","name":"x","rc":0,"status":"changed","stderr_tail":"","stdout_tail":"ok","type":"task_result"}"#,
                 "task_result",
@@ -266,7 +269,10 @@ mod tests {
                 r#"{"error":null,"job_id":"j","output":null,"stats":{"changed":1,"failed":0,"ok":2,"skipped":0},"status":"succeeded","type":"finished"}"#,
                 "finished",
             ),
-            (r#"{"job_id":"j","replay":true,"type":"started"}"#, "started"),
+            (
+                r#"{"job_id":"j","replay":true,"type":"started"}"#,
+                "started",
+            ),
             (r#"{"message":"agent gone","type":"error"}"#, "error"),
             (r#"{"type":"keepalive"}"#, "keepalive"),
             (r#"{"type":"end","status":"succeeded"}"#, "end"),

@@ -120,7 +120,10 @@ fn print_agent(a: &AgentView) {
         ("name", a.name.clone()),
         ("state", a.state.as_str().into()),
         ("version", a.version.clone()),
-        ("last seen", format!("{} ({})", last_seen(a), s(&a.last_seen))),
+        (
+            "last seen",
+            format!("{} ({})", last_seen(a), s(&a.last_seen)),
+        ),
         ("address", s(&a.remote_addr).into()),
         ("first seen", a.first_seen.clone()),
         ("hostname", fact_str(a, "hostname").into()),

@@ -275,9 +275,7 @@ async fn stream_logs(
         let problem = match resp {
             Ok(r) if r.status().is_success() => {
                 if told {
-                    let _ = tx
-                        .send(Msg::Notice("log stream reconnected".into()))
-                        .await;
+                    let _ = tx.send(Msg::Notice("log stream reconnected".into())).await;
                     told = false;
                 }
                 backoff = Duration::from_millis(500);
@@ -304,8 +302,7 @@ async fn stream_logs(
         };
         if !told {
             let msg = format!("lost the log stream ({problem}); reconnecting…");
-            if tx.send(Msg::Notice(msg)).await.is_err()
-            {
+            if tx.send(Msg::Notice(msg)).await.is_err() {
                 return Ok(());
             }
             told = true;

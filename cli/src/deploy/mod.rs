@@ -20,10 +20,10 @@ use anyhow::{anyhow, Context, Result};
 use follow::{Mode, Outcome};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vesemir_api::{DeploymentAccepted, DeploymentList, PlanView, RollbackRequest};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
+use vesemir_api::{DeploymentAccepted, DeploymentList, PlanView, RollbackRequest};
 
 /// `vesemir deploy` flags.
 #[derive(clap::Args, Debug)]
@@ -125,8 +125,6 @@ pub enum DeploymentsCmd {
         output: Output,
     },
 }
-
-
 
 /// A non-2xx answer as a readable error (the API's message, as the client does).
 pub(crate) async fn api_error(resp: reqwest::Response) -> anyhow::Error {

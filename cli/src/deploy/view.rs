@@ -101,7 +101,10 @@ pub fn event_line(l: &StreamLine) -> Option<String> {
             format!("haproxy {action} on {}: {ok}{detail}", opt(haproxy_vm))
         }
         Event::Deployment { status, error, .. } => {
-            let err = error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            let err = error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             return Some(format!("deployment {status}{err}"));
         }
         Event::Started {
@@ -128,7 +131,10 @@ pub fn event_line(l: &StreamLine) -> Option<String> {
         }
         Event::Other { kind, fields } => {
             // A kind this CLI does not know yet: show its fields, not the envelope.
-            format!("{kind} {}", serde_json::to_string(fields).unwrap_or_default())
+            format!(
+                "{kind} {}",
+                serde_json::to_string(fields).unwrap_or_default()
+            )
         }
     };
     Some(if host.is_empty() {
@@ -147,7 +153,10 @@ fn table(header: &[&str]) -> Table {
 
 /// A deployment's hosts (none outside the detail view).
 fn hosts(d: &DeploymentView) -> &[HostView] {
-    d.detail.as_ref().map(|x| x.hosts.as_slice()).unwrap_or_default()
+    d.detail
+        .as_ref()
+        .map(|x| x.hosts.as_slice())
+        .unwrap_or_default()
 }
 
 /// The rows of the per-host summary.
@@ -228,10 +237,7 @@ pub fn list_rows(list: &DeploymentList, now: OffsetDateTime) -> Vec<Vec<String>>
                 d.status.clone(),
                 version(d).to_string(),
                 n(d.hosts_total),
-                since(
-                    Some(d.started_at.as_deref().unwrap_or(&d.created_at)),
-                    now,
-                ),
+                since(Some(d.started_at.as_deref().unwrap_or(&d.created_at)), now),
                 dur,
                 d.requested_by.clone(),
             ]
@@ -448,7 +454,11 @@ pub fn plan(p: &PlanView) -> String {
         ));
         let mut v = table(&["HAPROXY VM", "AGENT", "SERVERS"]);
         for vm in &hp.vms {
-            v.add_row(vec![vm.name.clone(), vm.agent.clone(), vm.servers.join(", ")]);
+            v.add_row(vec![
+                vm.name.clone(),
+                vm.agent.clone(),
+                vm.servers.join(", "),
+            ]);
         }
         out.push_str(&format!("{v}\n"));
     } else {
@@ -469,8 +479,8 @@ mod tests {
     use super::*;
     use time::macros::datetime;
     use vesemir_api::{
-        ChangesetBody, DeploymentDetail, HaproxyActionView, HostStats, HostSummary,
-        PlannedHaproxy, PlannedHost, PlannedVm, PlaybookCoverage, PlaybookDrift,
+        ChangesetBody, DeploymentDetail, HaproxyActionView, HostStats, HostSummary, PlannedHaproxy,
+        PlannedHost, PlannedVm, PlaybookCoverage, PlaybookDrift,
     };
 
     /// A log line as the controller sends it → what is shown.
@@ -537,10 +547,8 @@ mod tests {
             r#"{"seq":9,"ts":"t","host":"web-1","type":"novel","x":1}"#,
             Some("[web-1] novel {\"x\":1}"),
         );
-        check_event(
-            r#"{"type":"keepalive"}"#, None);
-        check_event(
-            r#"{"type":"end","status":"succeeded"}"#, None);
+        check_event(r#"{"type":"keepalive"}"#, None);
+        check_event(r#"{"type":"end","status":"succeeded"}"#, None);
     }
 
     /// A deployment row with nothing optional set.
