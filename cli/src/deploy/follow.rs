@@ -37,7 +37,7 @@ pub enum Mode {
 /// How following ended.
 pub enum Outcome {
     /// The deployment ended; its final state.
-    Finished(DeploymentView),
+    Finished(Box<DeploymentView>),
     /// The user pressed Ctrl-C; the deployment goes on.
     Interrupted,
 }
@@ -250,7 +250,7 @@ fn logs_path(id: &str, follow: bool, after: Option<u64>) -> String {
 /// What the log reader hands the follower.
 enum Msg {
     /// A line of the log: as sent, and parsed.
-    Line(String, StreamLine),
+    Line(String, Box<StreamLine>),
     /// The reader's own news (lost the stream, reconnected).
     Notice(String),
 }
@@ -287,7 +287,7 @@ async fn stream_logs(
                                 after = Some(seq);
                             }
                             let end = matches!(ev.event, Event::End { .. });
-                            if tx.send(Msg::Line(raw, ev)).await.is_err() || end {
+                            if tx.send(Msg::Line(raw, Box::new(ev))).await.is_err() || end {
                                 return Ok(());
                             }
                         }
@@ -420,7 +420,7 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Outcome> {
         }
         tokio::time::sleep(POLL).await;
     }
-    last.map(Outcome::Finished)
+    last.map(|d| Outcome::Finished(Box::new(d)))
 }
 
 #[cfg(test)]
