@@ -573,6 +573,7 @@ mod tests {
             max_unavailable: None,
             max_fail_percentage: None,
             playbook: None,
+            freeze_override: None,
             changeset: None,
             error: None,
             detail: None,
@@ -747,6 +748,7 @@ mod tests {
             haproxy_query: Some("recipes:haproxy".into()),
             concurrency: 1,
             max_unavailable: 1,
+            freeze: None,
             hosts: vec![
                 planned("web-1", "10.0.0.1", "connected"),
                 planned("web-2", "10.0.0.2", "none"),
