@@ -53,3 +53,68 @@ pub fn event_json(ev: &JobEvent) -> Value {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vesemir_api::{Event, StreamLine};
+    use vesemir_protocol::job::{JobOutcome, JobStatus, Stats, TaskResult};
+
+    /// What this module writes is what `vesemir-api`'s reader (the CLI)
+    /// parses into a known variant, never `Event::Other`.
+    #[test]
+    fn every_event_parses_as_the_shared_type() {
+        let events = [
+            JobEvent::Started {
+                job_id: "j".into(),
+                replay: true,
+            },
+            JobEvent::TaskStarted {
+                index: 1,
+                name: "Restart".into(),
+            },
+            JobEvent::Log {
+                index: 1,
+                stream: LogStream::Stderr,
+                line: "boom".into(),
+            },
+            JobEvent::TaskResult(TaskResult {
+                index: 1,
+                name: "Restart".into(),
+                module: "command".into(),
+                status: TaskStatus::Changed,
+                duration_ms: 300,
+                rc: None,
+                msg: String::new(),
+                stdout_tail: "ok".into(),
+                stderr_tail: String::new(),
+            }),
+            JobEvent::Finished(JobOutcome {
+                job_id: "j".into(),
+                status: JobStatus::Failed,
+                stats: Stats {
+                    ok: 2,
+                    changed: 1,
+                    failed: 1,
+                    skipped: 0,
+                },
+                error: Some("boom".into()),
+                output: None,
+            }),
+        ];
+        for ev in &events {
+            let line = event_json(ev);
+            let parsed: StreamLine = serde_json::from_value(line.clone()).unwrap();
+            assert!(
+                !matches!(parsed.event, Event::Other { .. }),
+                "{line} is unknown to vesemir-api"
+            );
+        }
+        let fin: StreamLine = serde_json::from_value(event_json(&events[4])).unwrap();
+        let Event::Finished { stats, error, .. } = fin.event else {
+            panic!("not finished");
+        };
+        assert_eq!((stats.ok, stats.failed), (2, 1));
+        assert_eq!(error.as_deref(), Some("boom"));
+    }
+}

@@ -533,6 +533,26 @@ pub async fn logs(
 mod tests {
     use super::*;
 
+    /// The stream's own lines parse as `vesemir-api`'s typed events.
+    #[test]
+    fn stream_lines_parse_as_the_shared_type() {
+        use vesemir_api::{Event, StreamLine};
+        let parse = |l: String| serde_json::from_str::<StreamLine>(l.trim()).unwrap().event;
+        assert_eq!(
+            parse(event_line("end", [("status", "failed".into())])),
+            Event::End {
+                status: "failed".into()
+            }
+        );
+        assert_eq!(parse(event_line("keepalive", [])), Event::Keepalive);
+        assert_eq!(
+            parse(event_line("error", [("message", "store down".into())])),
+            Event::Error {
+                message: "store down".into()
+            }
+        );
+    }
+
     fn row(request: String) -> DeploymentRow {
         DeploymentRow {
             id: "d1".into(),
