@@ -188,6 +188,13 @@ impl Controller {
         }
     }
 
+    /// Drops the sockets `init` bound, so `serve` binds the addresses in
+    /// controller.toml itself (for a test that changes them, e.g. to
+    /// 0.0.0.0).
+    pub fn release_sockets(&mut self) {
+        self.sockets = None;
+    }
+
     /// Starts `serve` and waits for `/readyz`.
     pub fn start(&mut self) -> Result<()> {
         self.starts += 1;

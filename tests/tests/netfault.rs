@@ -285,6 +285,8 @@ fn controller(hosts: &[&str], idle_timeout: Option<&str>) -> Result<Controller> 
     let cfg = c.data_dir.join("controller.toml");
     let t = std::fs::read_to_string(&cfg)?;
     let port = c.quic.port();
+    // serve must bind 0.0.0.0 itself, not inherit init's loopback sockets.
+    c.release_sockets();
     let t = t.replace(
         &format!("\"127.0.0.1:{port}\""),
         &format!("\"0.0.0.0:{port}\""),
