@@ -724,9 +724,27 @@ mod tests {
         };
         for (last, now, stable, want, why) in [
             (None, 0, 7, true, "first heartbeat of a session"),
-            (Some(p), 1_000 + 10_000, 7, false, "10 s later, nothing stable changed"),
-            (Some(p), 1_000 + PERSIST_EVERY_MS - 1, 7, false, "just under a minute"),
-            (Some(p), 1_000 + PERSIST_EVERY_MS, 7, true, "a minute: written"),
+            (
+                Some(p),
+                1_000 + 10_000,
+                7,
+                false,
+                "10 s later, nothing stable changed",
+            ),
+            (
+                Some(p),
+                1_000 + PERSIST_EVERY_MS - 1,
+                7,
+                false,
+                "just under a minute",
+            ),
+            (
+                Some(p),
+                1_000 + PERSIST_EVERY_MS,
+                7,
+                true,
+                "a minute: written",
+            ),
             (Some(p), 1_000 + 10_000, 8, true, "a stable fact changed"),
         ] {
             assert_eq!(must_persist(last.as_ref(), now, stable), want, "{why}");
@@ -737,13 +755,24 @@ mod tests {
         f.uptime_secs = 99;
         f.load = [1.0, 2.0, 3.0];
         f.disk_free_bytes = 5;
-        assert_eq!(stable_digest("1.0", &addr, Some(&f)), d0, "load, uptime and disk ride along");
+        assert_eq!(
+            stable_digest("1.0", &addr, Some(&f)),
+            d0,
+            "load, uptime and disk ride along"
+        );
         f.playbooks.push(vesemir_protocol::control::PlaybookInfo {
             name: "deploy.yml".into(),
             sha256: "ab".into(),
         });
-        assert_ne!(stable_digest("1.0", &addr, Some(&f)), d0, "a playbook changed");
-        assert_ne!(stable_digest("1.1", &addr, None), stable_digest("1.0", &addr, None));
+        assert_ne!(
+            stable_digest("1.0", &addr, Some(&f)),
+            d0,
+            "a playbook changed"
+        );
+        assert_ne!(
+            stable_digest("1.1", &addr, None),
+            stable_digest("1.0", &addr, None)
+        );
     }
 
     fn h(instance: u64, port: u16) -> Holder {
