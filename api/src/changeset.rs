@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A changeset in API requests.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangesetBody {
     /// Version label.

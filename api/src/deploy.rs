@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 /// `POST /v1/deployments` body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Application name.
@@ -91,11 +92,13 @@ fn default_playbook() -> String {
 /// Kept loose so a bad value gets a 422 naming `concurrency` (from
 /// [`Concurrency::limit`]) rather than a generic JSON error.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Concurrency {
     /// A number of hosts.
     Count(i64),
     /// A percentage of the hosts, written "25%".
+    #[cfg_attr(feature = "openapi", schema(example = "25%"))]
     Percent(String),
 }
 
@@ -179,6 +182,7 @@ impl Concurrency {
 
 /// HAProxy part of a request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HaproxySpec {
     /// Backend the app's servers are in.
@@ -501,6 +505,7 @@ mod vesemir_agent_names {
 /// `POST /v1/deployments/rollback` body: redeploy the last changeset that
 /// succeeded before the current one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// Application name.
@@ -511,6 +516,7 @@ pub struct RollbackRequest {
 
 /// `POST /v1/agents/{name}/run` body: one playbook on one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunPlaybook {
     /// A playbook shipped with the agent (`restart.yml`, …).

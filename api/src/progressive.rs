@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 /// `canary`: deploy a few hosts first, watch their traffic against the
 /// servers not yet deployed, and go on only if they look as healthy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CanarySpec {
     /// How many hosts form the canary: a number or "N%".
@@ -75,6 +76,7 @@ fn default_min_requests() -> u64 {
 /// loose like [`crate::Concurrency`] so a bad value gets a 422 naming
 /// `canary.hosts`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum CanaryHosts {
     /// A number of hosts.
@@ -126,6 +128,7 @@ impl CanaryHosts {
 /// What an inconclusive canary analysis (too little traffic, a failed
 /// Prometheus query) leads to.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum InconclusivePolicy {
     /// Pause the deployment for a person to resume or abort it.
@@ -141,6 +144,7 @@ pub enum InconclusivePolicy {
 /// `max`. `{{ host }}` and `{{ server }}` in the query are rendered per
 /// canary host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusCheck {
     /// Prometheus base URL (http or https).
@@ -153,6 +157,7 @@ pub struct PrometheusCheck {
 
 /// `on_failure`: what a failed deployment does to the hosts already done.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Stop where it is (today's behaviour).
@@ -172,6 +177,7 @@ impl OnFailure {
 /// One webhook of `notify`: where to post which events. Event names are
 /// kept as strings on the wire so an unknown one is a 422 naming the field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// Where the JSON body is posted (http or https).
@@ -196,6 +202,7 @@ impl WebhookSpec {
 
 /// What a webhook can be told about a deployment.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyEvent {
     /// The first host started.

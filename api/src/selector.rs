@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 /// is refused ([`SelectorError::Empty`]) so nobody deploys to the whole fleet
 /// by forgetting a flag.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Selector {
     /// Every one of these tags must be on the node (`app:payments`).

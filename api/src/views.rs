@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 /// Playbook result counts of one host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostStats {
     /// Tasks ok.
     pub ok: i64,
@@ -29,6 +30,7 @@ pub struct HostStats {
 
 /// One host of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostView {
     /// Node name.
     pub name: String,
@@ -58,6 +60,7 @@ pub struct HostView {
 
 /// One HAProxy action of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HaproxyActionView {
     /// When, RFC 3339.
     pub at: String,
@@ -79,6 +82,7 @@ pub struct HaproxyActionView {
 
 /// Hosts of a deployment by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostSummary {
     /// Not started.
     pub pending: u64,
@@ -124,6 +128,7 @@ impl HostSummary {
 
 /// What only `GET /v1/deployments/{id}` adds to a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentDetail {
     /// Hosts by status.
     pub summary: HostSummary,
@@ -140,6 +145,7 @@ pub struct DeploymentDetail {
 ///
 /// [`detail`]: DeploymentView::detail
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentView {
     /// Deployment id.
     pub id: String,
@@ -189,11 +195,15 @@ pub struct DeploymentView {
     pub freeze_override: Option<FreezeOverrideView>,
     /// Only in the detail view.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    // Documented as `DeploymentView` + `DeploymentDetail` on the detail
+    // route: a flattened Option has no schema of its own.
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub detail: Option<DeploymentDetail>,
 }
 
 /// `GET /v1/deployments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentList {
     /// The page, newest first.
     pub deployments: Vec<DeploymentView>,
@@ -204,6 +214,7 @@ pub struct DeploymentList {
 /// `POST /v1/deployments` (202, or 200 for an idempotent replay) and
 /// `POST /v1/deployments/{id}/cancel` (202).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentAccepted {
     /// Deployment id.
     pub id: String,
@@ -219,6 +230,7 @@ pub struct DeploymentAccepted {
 
 /// A host of a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedHost {
     /// Node name.
     pub name: String,
@@ -232,6 +244,7 @@ pub struct PlannedHost {
 
 /// An HAProxy VM of a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedVm {
     /// Node name.
     pub name: String,
@@ -243,6 +256,7 @@ pub struct PlannedVm {
 
 /// A host carrying another version of the playbook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaybookDrift {
     /// Node name.
     pub host: String,
@@ -252,6 +266,7 @@ pub struct PlaybookDrift {
 
 /// The playbook across a dry run's hosts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaybookCoverage {
     /// The playbook named by the request.
     pub name: String,
@@ -267,6 +282,7 @@ pub struct PlaybookCoverage {
 
 /// The HAProxy part of a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedHaproxy {
     /// Backend.
     pub backend: String,
@@ -276,6 +292,7 @@ pub struct PlannedHaproxy {
 
 /// `POST /v1/deployments` with `dry_run: true`: the plan, nothing started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanView {
     /// Always true.
     pub dry_run: bool,
@@ -309,6 +326,7 @@ pub struct PlanView {
 
 /// The record of a freeze override, stored with the deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FreezeOverrideView {
     /// The window overridden, described (`freeze window 0 (prod*, year-end)`).
     pub window: String,
@@ -325,6 +343,7 @@ pub struct FreezeOverrideView {
 
 /// A dry run inside a freeze window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedFreeze {
     /// The window, described.
     pub window: String,
@@ -341,6 +360,7 @@ pub struct PlannedFreeze {
 
 /// Agent state as users see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     /// A live connection with recent heartbeats.
@@ -367,6 +387,7 @@ impl AgentState {
 
 /// Two processes holding one agent's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DuplicateKeyView {
     /// The two remote addresses of the last takeover (new, replaced).
     pub addresses: [String; 2],
@@ -380,6 +401,7 @@ pub struct DuplicateKeyView {
 
 /// An agent (`GET /v1/agents`, `GET /v1/agents/{name}`, revoke).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentView {
     /// Node name.
     pub name: String,
@@ -411,6 +433,7 @@ pub struct AgentView {
 
 /// `DELETE /v1/agents/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentForgotten {
     /// Node name.
     pub name: String,
@@ -420,6 +443,7 @@ pub struct AgentForgotten {
 
 /// `POST /v1/tokens` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Lifetime (`1h`, `30m`). Default 1h, at most 30d.
@@ -432,6 +456,7 @@ pub struct CreateToken {
 
 /// `POST /v1/tokens` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     /// Token id (not secret).
     pub id: String,
@@ -445,6 +470,7 @@ pub struct CreatedToken {
 
 /// An inventory host with its agent's state (`POST /v1/inventory/resolve`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolvedHost {
     /// Chef node name.
     pub name: String,
@@ -466,6 +492,7 @@ pub struct ResolvedHost {
 
 /// `POST /v1/inventory/resolve`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolved {
     /// The query sent to the inventory.
     pub query: String,
@@ -478,6 +505,7 @@ pub struct Resolved {
 /// `type` says which; the other fields depend on it (docs/API.md: `seq`,
 /// `ts`, `host` on log rows, `line` on `log`, …), so they are a free-form map.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamEvent {
     /// `log`, `task_started`, `task_result`, `step`, `haproxy`,
     /// `host_finished`, `deployment`, `started`, `finished`, `error`,
@@ -511,6 +539,7 @@ impl StreamEvent {
 
 /// Task counts of one job on an agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStats {
     /// Tasks ok.
     pub ok: u64,
@@ -525,6 +554,7 @@ pub struct JobStats {
 /// `GET /v1/agents/{name}/jobs/{id}`: the agent's journal record of a job
 /// (the `finished` event of its stream without `type`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobOutcome {
     /// Job id.
     pub job_id: String,

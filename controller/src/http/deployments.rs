@@ -281,6 +281,19 @@ fn plan_error(e: PlanError) -> ApiError {
 }
 
 /// `POST /v1/deployments`.
+#[utoipa::path(
+    post, path = "/v1/deployments", tag = "deployments",
+    summary = "Start a deployment (or plan it with dry_run)",
+    description = "Answers at once; the work runs in the background. Follow it with GET /v1/deployments/{id}/logs?follow=true.",
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 200, min_length = 1, description = "Same key again returns the same deployment (200, `idempotent_replay: true`) instead of creating a new one. 1-200 printable ASCII characters.")),
+    request_body = DeployRequest,
+    responses(
+        (status = 202, description = "Accepted; status `pending`.", body = vesemir_api::DeploymentAccepted),
+        (status = 200, description = "Dry run: the plan. Or, with a repeated Idempotency-Key, the existing deployment (`idempotent_replay: true`).", body = super::openapi::PlanOrReplay),
+        (status = 409, description = "A deployment of the same application and environment is running (`deployment_running`), or no inventory is configured (`no_inventory`).", body = vesemir_api::ErrorBody),
+        (status = 502, description = "Inventory unavailable during a dry run (`inventory_unavailable`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -302,6 +315,18 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/deployments`.
+#[utoipa::path(
+    get, path = "/v1/deployments", tag = "deployments",
+    summary = "List deployments, newest first",
+    params(
+        ("application" = Option<String>, Query, description = "Only this application."),
+        ("environment" = Option<String>, Query, description = "Only this environment."),
+        ("status" = Option<String>, Query, description = "Only this status: pending, running, succeeded, failed, aborted or cancelled."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Skip this many (default 0)."),
+    ),
+    responses((status = 200, description = "A page of deployment summaries.", body = vesemir_api::DeploymentList)),
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -340,6 +365,15 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// `GET /v1/deployments/{id}`.
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}", tag = "deployments",
+    summary = "One deployment with hosts, HAProxy actions and the request",
+    params(("id" = String, Path, description = "Deployment id.")),
+    responses(
+        (status = 200, description = "The deployment.", body = super::openapi::DeploymentWithDetail),
+        (status = 404, description = "No such deployment (`deployment_not_found`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -355,6 +389,16 @@ pub async fn show(
 }
 
 /// `POST /v1/deployments/{id}/cancel`.
+#[utoipa::path(
+    post, path = "/v1/deployments/{id}/cancel", tag = "deployments",
+    summary = "Cancel: no new host starts, hosts in flight finish, ends `cancelled`",
+    params(("id" = String, Path, description = "Deployment id.")),
+    responses(
+        (status = 202, description = "Cancelling (`status: cancelling`).", body = vesemir_api::DeploymentAccepted),
+        (status = 404, description = "No such deployment (`deployment_not_found`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "Already finished (`deployment_finished`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -389,6 +433,19 @@ pub async fn cancel(
 pub use vesemir_api::RollbackRequest as RollbackBody;
 
 /// `POST /v1/deployments/rollback`.
+#[utoipa::path(
+    post, path = "/v1/deployments/rollback", tag = "deployments",
+    summary = "Deploy again the previous successful changeset",
+    description = "Takes the latest succeeded deployment of the application and environment whose changeset version differs from the current one, and submits its request again.",
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 200, min_length = 1, description = "Same key again returns the same deployment (200, `idempotent_replay: true`) instead of creating a new one. 1-200 printable ASCII characters.")),
+    request_body = RollbackBody,
+    responses(
+        (status = 202, description = "Accepted, as for a deploy.", body = vesemir_api::DeploymentAccepted),
+        (status = 200, description = "Replay of an earlier Idempotency-Key.", body = vesemir_api::DeploymentAccepted),
+        (status = 404, description = "No earlier successful changeset to roll back to (`no_previous_release`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "A deployment of the same application and environment is running (`deployment_running`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -448,6 +505,19 @@ fn event_line<const N: usize>(kind: &str, fields: [(&str, Value); N]) -> String 
 }
 
 /// `GET /v1/deployments/{id}/logs`: NDJSON, optionally followed to the end.
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}/logs", tag = "deployments",
+    summary = "A deployment's ordered event log, optionally followed to the end",
+    params(
+        ("id" = String, Path, description = "Deployment id."),
+        ("after" = Option<i64>, Query, description = "Only events with seq greater than this (default 0)."),
+        ("follow" = Option<bool>, Query, description = "Keep the stream open until the deployment ends (last line `{\"type\":\"end\",\"status\":…}`); keepalive lines every 10 s of silence."),
+    ),
+    responses(
+        (status = 200, description = "NDJSON: one LogEvent (`StreamEvent`) per line, in seq order. Without follow, what is stored, then the stream closes. Stored events carry seq, ts, host (null for deployment-wide) and type: `log` (stream, line), `task_started` (name), `task_result` (name, status, duration_ms, msg), `step` (step), `host_finished` (status, error), `haproxy` (action, haproxy_vm, ok, detail), `deployment` (status, error). Control lines: `end` (status; last line of a followed stream), `keepalive` (every 10 s of silence when following), `error` (message).", body = vesemir_api::StreamEvent, content_type = "application/x-ndjson"),
+        (status = 404, description = "No such deployment (`deployment_not_found`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 pub async fn logs(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -5,6 +5,7 @@
 //! API boundary: the JSON shapes here are what the CLI and scripts rely on.
 
 pub mod deployments;
+mod openapi;
 
 use crate::enroll::token_hash;
 use crate::fleet::Fleet;
@@ -228,7 +229,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/deployments/{id}/logs", get(deployments::logs))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
@@ -278,6 +279,23 @@ async fn unknown_path() -> ApiError {
     )
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops",
+    summary = "Liveness",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")),
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    summary = "Readiness: the store answers within 2 s",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready (`not_ready`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     tokio::time::timeout(Duration::from_secs(2), state.store.ping())
         .await
@@ -292,6 +310,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
     Ok("ready\n")
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Text exposition format 0.0.4.", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let snap = crate::metrics::snapshot(&state).await?;
     Ok((
@@ -304,15 +327,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
         .into_response())
 }
 
-async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../openapi.json"),
-    )
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "ops",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1 document, generated from the vesemir-api types.", body = Object)),
+)]
+async fn openapi() -> Json<&'static serde_json::Value> {
+    Json(openapi::document())
 }
 
 pub use vesemir_api::{CreateToken, CreatedToken};
 
+#[utoipa::path(
+    post, path = "/v1/tokens", tag = "fleet",
+    summary = "Create an enrollment token (admin)",
+    request_body(content = CreateToken, description = "`{}` for the defaults."),
+    responses(
+        (status = 201, description = "Created; the token is shown once.", body = CreatedToken),
+        (status = 403, description = "The token is not an admin token (`forbidden`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn create_token(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -363,6 +397,11 @@ async fn create_token(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "fleet",
+    summary = "List enrolled agents",
+    responses((status = 200, description = "Agents.", body = Vec<vesemir_api::AgentView>)),
+)]
 async fn list_agents(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<crate::fleet::AgentView>>, ApiError> {
@@ -387,6 +426,15 @@ fn no_agent(name: &str) -> ApiError {
     )
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents/{name}", tag = "fleet",
+    summary = "One agent",
+    params(("name" = String, Path, description = "Agent (node) name.")),
+    responses(
+        (status = 200, description = "The agent.", body = vesemir_api::AgentView),
+        (status = 404, description = "No such agent (`agent_not_found`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn show_agent(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -400,6 +448,17 @@ async fn show_agent(
     Ok(Json(state.fleet.view(agent)))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/agents/{name}", tag = "fleet",
+    summary = "Forget a revoked agent (admin) so its node name can enroll again; its certificates stay revoked",
+    params(("name" = String, Path, description = "Agent (node) name.")),
+    responses(
+        (status = 200, description = "Forgotten.", body = vesemir_api::AgentForgotten),
+        (status = 403, description = "Not an admin token (`forbidden`).", body = vesemir_api::ErrorBody),
+        (status = 404, description = "No such agent (`agent_not_found`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "The agent is not revoked; revoke it first (`agent_not_revoked`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn forget_agent(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -426,6 +485,16 @@ async fn forget_agent(
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents/{name}/revoke", tag = "fleet",
+    summary = "Revoke an agent (admin): closes its connection and refuses reconnects",
+    params(("name" = String, Path, description = "Agent (node) name.")),
+    responses(
+        (status = 200, description = "The revoked agent.", body = vesemir_api::AgentView),
+        (status = 403, description = "The token is not an admin token (`forbidden`).", body = vesemir_api::ErrorBody),
+        (status = 404, description = "No such agent (`agent_not_found`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn revoke_agent(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -458,6 +527,22 @@ fn unprocessable(field: &str, message: impl std::fmt::Display) -> ApiError {
     )
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents/{name}/run", tag = "fleet",
+    summary = "Run a shipped playbook on one agent (admin); streams its events",
+    description = "No overall timeout: the stream lasts as long as the job.",
+    params(("name" = String, Path, description = "Agent (node) name.")),
+    request_body = RunPlaybook,
+    responses(
+        (status = 200, description = "NDJSON: one JobEvent (`StreamEvent`) per line until `finished` (or `error`). `type`: `started` (job_id, replay), `task_started` (index, name), `log` (index, stream: stdout|stderr|runner, line), `task_result` (index, name, module, status: ok|changed|failed|skipped, duration_ms, rc, msg, stdout_tail, stderr_tail), `finished` (job_id, status: succeeded|failed|cancelled|interrupted|running|unknown, stats {ok, changed, failed, skipped}, error, output), `error` (message; last line).",
+            body = vesemir_api::StreamEvent, content_type = "application/x-ndjson",
+            headers(("vesemir-job-id" = String, description = "The job's id, sent before any event: `GET /v1/agents/{name}/jobs/{id}` fetches its result if the stream is cut."))),
+        (status = 403, description = "The token is not an admin token (`forbidden`).", body = vesemir_api::ErrorBody),
+        (status = 404, description = "No such agent (`agent_not_found`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "The agent is not connected (`agent_not_connected`).", body = vesemir_api::ErrorBody),
+        (status = 502, description = "The agent connection failed (`agent_error`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn run_on_agent(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -598,6 +683,19 @@ fn no_job(name: &str, id: &str) -> ApiError {
 
 /// `GET /v1/agents/{name}/jobs/{id}`: the agent's journal record of a job
 /// (`status` `running` while it runs).
+#[utoipa::path(
+    get, path = "/v1/agents/{name}/jobs/{id}", tag = "fleet",
+    summary = "A job's record in the agent's journal (runs nothing)",
+    description = "Asks the agent over its connection; `status` is `running` while the job runs. Use it to fetch the result of an `agents run` whose stream was cut (controller restart).",
+    params(("name" = String, Path, description = "Agent (node) name; any spelling (`WEB-1.` is `web-1`)."), ("id" = String, Path, description = "Job id, as `POST /v1/agents/{name}/run` gave it (header `vesemir-job-id`, first `started` event).")),
+    responses(
+        (status = 200, description = "The journal's outcome: job_id, status (succeeded|failed|cancelled|interrupted|running), stats {ok, changed, failed, skipped}, error, output.", body = vesemir_api::JobOutcome),
+        (status = 404, description = "No such agent (`agent_not_found`), or the agent's journal has no such job (`job_not_found`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "The agent is not connected (`agent_not_connected`).", body = vesemir_api::ErrorBody),
+        (status = 422, description = "Not a job id (`invalid_request`, message starts with `id:`).", body = vesemir_api::ErrorBody),
+        (status = 502, description = "The agent connection failed or the agent stopped responding (`agent_error`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn job_outcome(
     State(state): State<Arc<AppState>>,
     Path((name, id)): Path<(String, String)>,
@@ -643,6 +741,19 @@ async fn job_outcome(
 
 /// `GET /v1/agents/{name}/jobs/{id}/events`: follow a job (NDJSON, like
 /// `run`): its live events while it runs, then its journal record.
+#[utoipa::path(
+    get, path = "/v1/agents/{name}/jobs/{id}/events", tag = "fleet",
+    summary = "Follow a job: its live events while it runs, then its journal record",
+    description = "NDJSON like `POST /v1/agents/{name}/run`, joined where the job is now; ends with `finished` (from the journal if the job already ended; `status: running` if it is between its live events and its record: ask again) or `error`. No overall timeout.",
+    params(("name" = String, Path, description = "Agent (node) name; any spelling (`WEB-1.` is `web-1`)."), ("id" = String, Path, description = "Job id, as `POST /v1/agents/{name}/run` gave it (header `vesemir-job-id`, first `started` event).")),
+    responses(
+        (status = 200, description = "NDJSON: one JobEvent (`StreamEvent`) per line until `finished` (or `error`).", body = vesemir_api::StreamEvent, content_type = "application/x-ndjson"),
+        (status = 404, description = "No such agent (`agent_not_found`), or the agent's journal has no such job (`job_not_found`).", body = vesemir_api::ErrorBody),
+        (status = 409, description = "The agent is not connected (`agent_not_connected`).", body = vesemir_api::ErrorBody),
+        (status = 422, description = "Not a job id (`invalid_request`, message starts with `id:`).", body = vesemir_api::ErrorBody),
+        (status = 502, description = "The agent connection failed or the agent stopped responding (`agent_error`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn follow_job(
     State(state): State<Arc<AppState>>,
     Path((name, id)): Path<(String, String)>,
@@ -678,6 +789,16 @@ pub fn inventory_error(field: &str, e: crate::inventory::InventoryError) -> ApiE
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/inventory/resolve", tag = "inventory",
+    summary = "Resolve a selector to hosts (Chef search or static inventory)",
+    request_body = vesemir_api::Selector,
+    responses(
+        (status = 200, description = "Matching hosts, sorted by name, with their agent state.", body = vesemir_api::Resolved),
+        (status = 409, description = "No inventory configured (`no_inventory`).", body = vesemir_api::ErrorBody),
+        (status = 502, description = "Inventory unreachable or failing (`inventory_unavailable`).", body = vesemir_api::ErrorBody),
+    ),
+)]
 async fn resolve_inventory(
     State(state): State<Arc<AppState>>,
     body: Result<Json<crate::inventory::Selector>, axum::extract::rejection::JsonRejection>,
