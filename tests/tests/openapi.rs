@@ -386,3 +386,525 @@ fn route_parser_sees_every_shape() -> Result<()> {
     assert!(routes(r#".route("/x", any(h))"#).is_err(), "unknown router");
     Ok(())
 }
+
+/// The schema `doc` gives for the JSON body of `method path` answering
+/// `status`, made self-contained: `#/components/...` `$ref`s resolve
+/// against the document's own components.
+fn response_schema(doc: &Value, path: &str, method: &str, status: u16) -> Result<Value> {
+    let responses = &doc["paths"][path][method]["responses"];
+    let content = &responses[status.to_string()]["content"];
+    let schema = content["application/json"]["schema"]
+        .as_object()
+        .or_else(|| content["application/x-ndjson"]["schema"].as_object())
+        .with_context(|| {
+            format!(
+                "{method} {path}: status {status} is not documented with a JSON body (documented: {:?})",
+                responses.as_object().map(|r| r.keys().collect::<Vec<_>>())
+            )
+        })?;
+    let mut schema = Value::Object(schema.clone());
+    schema["components"] = doc["components"].clone();
+    Ok(schema)
+}
+
+/// Every way `body` breaks `schema`, one line each with where.
+fn violations(schema: &Value, body: &Value) -> Result<Vec<String>> {
+    let validator = jsonschema::draft202012::new(schema)
+        .map_err(|e| anyhow!("the document's schema does not compile: {e}"))?;
+    Ok(validator
+        .iter_errors(body)
+        .map(|e| format!("at {:?}: {e}", e.instance_path().to_string()))
+        .collect())
+}
+
+/// `body` matches the schema `doc` gives for `method path` and `status`.
+fn check_body(doc: &Value, path: &str, method: &str, status: u16, body: &Value) -> Result<()> {
+    let schema = response_schema(doc, path, method, status)?;
+    let bad = violations(&schema, body)?;
+    if !bad.is_empty() {
+        bail!(
+            "{method} {path} {status}: the body does not match the document:\n  {}\nbody: {body:#}",
+            bad.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `value` serialized validates against `components.schemas.NAME`.
+fn check_type<T: serde::Serialize>(doc: &Value, name: &str, value: &T) -> Result<()> {
+    let mut schema = serde_json::json!({"$ref": format!("#/components/schemas/{name}")});
+    schema["components"] = doc["components"].clone();
+    let body = serde_json::to_value(value)?;
+    let bad = violations(&schema, &body)?;
+    if !bad.is_empty() {
+        bail!(
+            "{name}: serde output does not match its schema:\n  {}\nvalue: {body:#}",
+            bad.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The generated document itself, without a controller.
+fn generated() -> Value {
+    vesemir_controller::http::openapi::document().clone()
+}
+
+/// Each api type's serde output for a typical value validates against the
+/// schema generated for it, and a value that breaks the schema is caught
+/// (so the check can fail).
+#[test]
+fn api_types_serialize_to_their_own_schemas() -> Result<()> {
+    use vesemir_api::*;
+    let doc = generated();
+    let req: DeployRequest = serde_json::from_value(serde_json::json!({
+        "application": "pay", "environment": "prod", "team": "t",
+        "selector": {"tags": ["app:pay"], "attributes": {"cloud.region": "eu"}},
+        "haproxy": {"backend": "pay", "selector": {"recipes": ["haproxy"]}, "weights": [10, 50, 100]},
+        "concurrency": "25%", "vars": {"a": "b"},
+        "changeset": {"version": "1.2", "url": "https://x/a.tgz", "sha256": "ab".repeat(32)},
+        "canary": {"hosts": 1}, "notify": [{"url": "https://hooks.example.com/x", "events": ["started"]}],
+    }))?;
+    check_type(&doc, "DeployRequest", &req)?;
+    check_type(&doc, "Concurrency", &Concurrency::Count(3))?;
+    check_type(&doc, "Concurrency", &Concurrency::Percent("25%".into()))?;
+    check_type(
+        &doc,
+        "RollbackRequest",
+        &RollbackRequest {
+            application: "pay".into(),
+            environment: "prod".into(),
+        },
+    )?;
+    check_type(
+        &doc,
+        "ErrorBody",
+        &ErrorBody::new("not_found", "no such thing"),
+    )?;
+    check_type(&doc, "Selector", &Selector::default())?;
+    check_type(&doc, "CreateToken", &CreateToken::default())?;
+    check_type(
+        &doc,
+        "CreatedToken",
+        &CreatedToken {
+            id: "t1".into(),
+            token: "secret".into(),
+            expires_at: "2026-01-01T00:00:00Z".into(),
+            uses: 1,
+        },
+    )?;
+    check_type(&doc, "AgentState", &AgentState::Connected)?;
+    check_type(
+        &doc,
+        "JobOutcome",
+        &JobOutcome {
+            job_id: "j".into(),
+            status: "succeeded".into(),
+            stats: JobStats::default(),
+            error: None,
+            output: Some(serde_json::json!({"k": [1, 2]})),
+        },
+    )?;
+    check_type(
+        &doc,
+        "StreamEvent",
+        &StreamEvent::new(
+            "log",
+            serde_json::json!({"seq": 1, "host": null, "line": "x"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+    )?;
+    check_type(
+        &doc,
+        "Resolved",
+        &Resolved {
+            query: "tags:app\\:pay".into(),
+            hosts: vec![ResolvedHost {
+                name: "web-1".into(),
+                address: "10.0.0.1".into(),
+                fqdn: None,
+                hostname: Some("web-1".into()),
+                tags: vec!["app:pay".into()],
+                roles: vec![],
+                environment: None,
+                agent: "connected".into(),
+            }],
+        },
+    )?;
+    check_type(&doc, "HostSummary", &HostSummary::default())?;
+    check_type(&doc, "PlaybookCoverage", &PlaybookCoverage::default())?;
+
+    // The check can fail: a wrong type and a missing required field.
+    let mut bad = serde_json::to_value(ErrorBody::new("x", "y"))?;
+    bad["error"]["code"] = serde_json::json!(7);
+    assert!(check_type(&doc, "ErrorBody", &bad).is_err());
+    assert!(check_type(&doc, "JobOutcome", &serde_json::json!({"job_id": "j"})).is_err());
+    assert!(check_type(&doc, "DeployRequest", &serde_json::json!({"application": "a", "environment": "e", "team": "t", "selector": {}, "typo": 1})).is_err());
+    Ok(())
+}
+
+/// One request of [`responses_match_the_document`]: what to send, the
+/// documented path it is an instance of, and the statuses it may get.
+struct Call {
+    method: &'static str,
+    /// The path sent (with ids filled in).
+    url: String,
+    /// The path as documented (`{id}` placeholders).
+    doc_path: &'static str,
+    body: Option<Value>,
+    token: bool,
+    expect: &'static [u16],
+}
+
+fn call(
+    method: &'static str,
+    url: impl Into<String>,
+    doc_path: &'static str,
+    body: Option<Value>,
+    expect: &'static [u16],
+) -> Call {
+    Call {
+        method,
+        url: url.into(),
+        doc_path,
+        body,
+        token: true,
+        expect,
+    }
+}
+
+/// Sends `c`; checks the status is expected and the body (each line for
+/// NDJSON) matches the document. Returns the status and the parsed body.
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    doc: &Value,
+    c: &Call,
+) -> Result<(u16, Value)> {
+    let method = reqwest::Method::from_bytes(c.method.to_uppercase().as_bytes())?;
+    let mut req = client
+        .request(method, format!("{base}{}", c.url))
+        .timeout(std::time::Duration::from_secs(20));
+    if c.token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(b) = &c.body {
+        req = req.json(b);
+    }
+    let r = req.send().await?;
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = r.text().await?;
+    let what = format!("{} {}", c.method, c.url);
+    assert!(
+        c.expect.contains(&status),
+        "{what}: status {status}, expected one of {:?}: {text}",
+        c.expect
+    );
+    let body = if ctype.starts_with("application/x-ndjson") {
+        let lines: Vec<Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{what}: NDJSON line is not JSON: {text}"))?;
+        for line in &lines {
+            check_body(doc, c.doc_path, c.method, status, line).context(what.clone())?;
+        }
+        Value::Array(lines)
+    } else {
+        assert!(
+            ctype.starts_with("application/json"),
+            "{what}: content-type {ctype:?}: {text}"
+        );
+        let body: Value =
+            serde_json::from_str(&text).with_context(|| format!("{what}: not JSON: {text}"))?;
+        check_body(doc, c.doc_path, c.method, status, &body).context(what.clone())?;
+        body
+    };
+    Ok((status, body))
+}
+
+/// Real requests to a real controller (with a static inventory and one
+/// connected agent): every answer, success or error, has the body shape the
+/// served document gives for that operation and status.
+#[test]
+fn responses_match_the_document() -> Result<()> {
+    let mut c = Controller::init(ControllerOptions::default())?;
+    let inv = c.root.path().join("inventory.toml");
+    std::fs::write(
+        &inv,
+        "[[hosts]]\nname = \"web-1\"\naddress = \"127.0.0.1\"\ntags = [\"app:web\"]\nenvironment = \"prod\"\n\n\
+         [[hosts]]\nname = \"db-1\"\naddress = \"127.0.0.2\"\ntags = [\"app:db\"]\n",
+    )?;
+    let cfg = c.data_dir.join("controller.toml");
+    let t = std::fs::read_to_string(&cfg)?;
+    std::fs::write(
+        &cfg,
+        format!("inventory = {:?}\n{t}", inv.display().to_string()),
+    )?;
+    c.start()?;
+    let enroll = c.enrollment_token(1)?;
+    let _agent = c.enroll_and_run("web-1", &enroll)?;
+    vesemir_testkit::fleet::wait_for(
+        "web-1 connected",
+        std::time::Duration::from_secs(30),
+        || (c.agent_state("web-1").as_deref() == Some("connected")).then_some(()),
+    )?;
+    let (_, _, text) = fetch_openapi(&c.url)?;
+    let doc: Value = serde_json::from_str(&text)?;
+    assert_eq!(doc, generated(), "the served document is the generated one");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let (base, token) = (c.url.as_str(), c.token.as_str());
+        let deploy = |extra: Value| {
+            let mut b = serde_json::json!({
+                "application": "db", "environment": "prod", "team": "t",
+                "selector": {"tags": ["app:db"]},
+            });
+            for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+                b[k] = v;
+            }
+            b
+        };
+        let mut calls = vec![
+            call(
+                "post",
+                "/v1/tokens",
+                "/v1/tokens",
+                Some(serde_json::json!({})),
+                &[201],
+            ),
+            call(
+                "post",
+                "/v1/tokens",
+                "/v1/tokens",
+                Some(serde_json::json!({"uses": "many"})),
+                &[422],
+            ),
+            call("get", "/v1/agents", "/v1/agents", None, &[200]),
+            call("get", "/v1/agents/web-1", "/v1/agents/{name}", None, &[200]),
+            call(
+                "get",
+                "/v1/agents/nobody",
+                "/v1/agents/{name}",
+                None,
+                &[404],
+            ),
+            call(
+                "delete",
+                "/v1/agents/web-1",
+                "/v1/agents/{name}",
+                None,
+                &[409],
+            ),
+            call(
+                "get",
+                "/v1/agents/web-1/jobs/no-such-job",
+                "/v1/agents/{name}/jobs/{id}",
+                None,
+                &[404],
+            ),
+            call(
+                "post",
+                "/v1/inventory/resolve",
+                "/v1/inventory/resolve",
+                Some(serde_json::json!({"tags": ["app:web"]})),
+                &[200],
+            ),
+            call(
+                "post",
+                "/v1/inventory/resolve",
+                "/v1/inventory/resolve",
+                Some(serde_json::json!({})),
+                &[422],
+            ),
+            call(
+                "post",
+                "/v1/deployments",
+                "/v1/deployments",
+                Some(deploy(
+                    serde_json::json!({"selector": {"tags": ["app:web"]}, "dry_run": true}),
+                )),
+                &[200],
+            ),
+            call(
+                "post",
+                "/v1/deployments",
+                "/v1/deployments",
+                Some(deploy(serde_json::json!({"concurrency": 0}))),
+                &[422],
+            ),
+            call(
+                "post",
+                "/v1/deployments",
+                "/v1/deployments",
+                Some(deploy(serde_json::json!({"canary": {"hosts": 1}}))),
+                &[422],
+            ),
+            call(
+                "get",
+                "/v1/deployments?limit=0",
+                "/v1/deployments",
+                None,
+                &[422],
+            ),
+            call(
+                "get",
+                "/v1/deployments/no-such-id",
+                "/v1/deployments/{id}",
+                None,
+                &[404],
+            ),
+            call(
+                "post",
+                "/v1/deployments/no-such-id/cancel",
+                "/v1/deployments/{id}/cancel",
+                None,
+                &[404],
+            ),
+            call(
+                "get",
+                "/v1/deployments/no-such-id/logs",
+                "/v1/deployments/{id}/logs",
+                None,
+                &[404],
+            ),
+            call(
+                "post",
+                "/v1/deployments/rollback",
+                "/v1/deployments/rollback",
+                Some(serde_json::json!({"application": "db", "environment": "prod"})),
+                &[404],
+            ),
+        ];
+        let mut anonymous = call("get", "/v1/agents", "/v1/agents", None, &[401]);
+        anonymous.token = false;
+        calls.push(anonymous);
+        for c in &calls {
+            send(&client, base, token, &doc, c).await?;
+        }
+
+        // A real deployment (db-1 has no agent, so it fails quickly): the
+        // accepted answer, the list, the detail, its log and a cancel.
+        let (_, accepted) = send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "post",
+                "/v1/deployments",
+                "/v1/deployments",
+                Some(deploy(serde_json::json!({}))),
+                &[202],
+            ),
+        )
+        .await?;
+        let id = accepted["id"]
+            .as_str()
+            .context("deployment id")?
+            .to_string();
+        let (_, list) = send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call("get", "/v1/deployments", "/v1/deployments", None, &[200]),
+        )
+        .await?;
+        assert_eq!(list["deployments"][0]["id"], id.as_str(), "{list:#}");
+        send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "post",
+                format!("/v1/deployments/{id}/cancel"),
+                "/v1/deployments/{id}/cancel",
+                None,
+                &[202, 409],
+            ),
+        )
+        .await?;
+        let (_, logs) = send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "get",
+                format!("/v1/deployments/{id}/logs?follow=true"),
+                "/v1/deployments/{id}/logs",
+                None,
+                &[200],
+            ),
+        )
+        .await?;
+        assert!(
+            logs.as_array().is_some_and(|l| !l.is_empty()),
+            "a followed log ends with a line: {logs:#}"
+        );
+        let (_, detail) = send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "get",
+                format!("/v1/deployments/{id}"),
+                "/v1/deployments/{id}",
+                None,
+                &[200],
+            ),
+        )
+        .await?;
+        assert!(
+            detail["hosts"].is_array() && detail["request"].is_object(),
+            "{detail:#}"
+        );
+
+        // Last, as it ends the agent: revoke, then forget.
+        send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "post",
+                "/v1/agents/web-1/revoke",
+                "/v1/agents/{name}/revoke",
+                None,
+                &[200],
+            ),
+        )
+        .await?;
+        send(
+            &client,
+            base,
+            token,
+            &doc,
+            &call(
+                "delete",
+                "/v1/agents/web-1",
+                "/v1/agents/{name}",
+                None,
+                &[200],
+            ),
+        )
+        .await?;
+        anyhow::Ok(())
+    })
+}

@@ -5,7 +5,7 @@
 //! API boundary: the JSON shapes here are what the CLI and scripts rely on.
 
 pub mod deployments;
-mod openapi;
+pub mod openapi;
 
 use crate::enroll::token_hash;
 use crate::fleet::Fleet;

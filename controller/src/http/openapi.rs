@@ -151,10 +151,7 @@ fn add_shared(doc: &mut Value) {
                 add("422", "Invalid request (`invalid_request`); the message starts with the field, e.g. `concurrency: must be at least 1`.");
             }
             if !STREAMS.contains(&path.as_str()) {
-                add(
-                    "503",
-                    "The controller did not answer in time (`timeout`).",
-                );
+                add("503", "The controller did not answer in time (`timeout`).");
             }
         }
     }
@@ -163,11 +160,6 @@ fn add_shared(doc: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dump_tmp() {
-        std::fs::write("/tmp/oa-doc.json", serde_json::to_string_pretty(document()).unwrap()).unwrap();
-    }
 
     #[test]
     fn open_endpoints_have_no_security_and_the_rest_answer_401() {
