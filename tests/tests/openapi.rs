@@ -672,6 +672,7 @@ fn responses_match_the_document() -> Result<()> {
             let mut b = serde_json::json!({
                 "application": "db", "environment": "prod", "team": "t",
                 "selector": {"tags": ["app:db"]},
+                "changeset": {"version": "1", "url": "https://example.com/a.tgz", "sha256": "ab".repeat(32)},
             });
             for (k, v) in extra.as_object().cloned().unwrap_or_default() {
                 b[k] = v;
