@@ -37,7 +37,7 @@ pub struct DeploymentWithDetail {
 /// `POST /v1/deployments` 200: the dry-run plan, or an idempotent replay.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)] // only its schema is used
+#[allow(dead_code, clippy::large_enum_variant)] // only its schema is used, never a value
 pub enum PlanOrReplay {
     /// `dry_run: true`.
     Plan(PlanView),
